@@ -1,0 +1,1 @@
+"""Benchmarks: absolute figures, printed and written to bench/results/*.json. Not tests."""

@@ -1,0 +1,3 @@
+from {{ cookiecutter.project_slug }}.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Typed dependencies for the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from {{ cookiecutter.project_slug }}.auth.repository import UserRepository
+from {{ cookiecutter.project_slug }}.auth.security import decode_access_token
+from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.exceptions import Forbidden, NotAuthenticated
+from {{ cookiecutter.project_slug }}.models import User
+from {{ cookiecutter.project_slug }}.postgres import DbSession
+
+# auto_error=False: a missing header becomes our 401 problem, not FastAPI's bare 403.
+bearer = HTTPBearer(auto_error=False, description="Access token from POST /auth/login")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_current_user(
+    session: DbSession,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User:
+    if credentials is None:
+        raise NotAuthenticated()
+    user_id = decode_access_token(credentials.credentials, settings)
+    # One primary-key lookup per request: a deactivated user is locked out at once,
+    # instead of when the token expires.
+    user = await UserRepository(session).get_by_id(user_id)
+    if user is None or not user.is_active:
+        raise NotAuthenticated("The account behind this token no longer exists.")
+    return user
+
+
+async def get_staff_user(user: Annotated[User, Depends(get_current_user)]) -> User:
+    if not user.is_staff:
+        raise Forbidden("This action needs a staff account.")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+StaffUser = Annotated[User, Depends(get_staff_user)]

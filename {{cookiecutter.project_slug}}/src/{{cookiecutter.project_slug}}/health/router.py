@@ -1,0 +1,55 @@
+"""Liveness and readiness probes.
+
+``/healthz`` answers from the process alone (no I/O): a restart would not fix a database
+outage, so liveness must not depend on one. ``/readyz`` checks every dependency a request
+needs and answers 503, naming what failed, so the load balancer stops sending traffic here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import text
+from starlette.responses import Response
+
+from {{ cookiecutter.project_slug }}.patterns.problem import problem_response
+from {{ cookiecutter.project_slug }}.patterns.readiness import run_checks
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz", summary="Liveness: the process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: Postgres and Redis answer",
+    responses={503: {"description": "A dependency is down; `checks` says which."}},
+    response_model=None,
+)
+async def readyz(request: Request) -> dict[str, Any] | Response:
+    state = request.app.state
+
+    async def postgres() -> None:
+        async with state.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def redis() -> None:
+        await state.redis.ping()
+
+    results = await run_checks(
+        {"postgres": postgres, "redis": redis}, deadline=state.settings.readiness_timeout
+    )
+    checks = {name: result.as_dict() for name, result in results.items()}
+    failed = sorted(name for name, result in results.items() if not result.ok)
+    if failed:
+        return problem_response(
+            503,
+            title="Not Ready",
+            detail=f"Unavailable: {', '.join(failed)}",
+            checks=checks,
+        )
+    return {"status": "ready", "checks": checks}

@@ -1,0 +1,145 @@
+"""RFC 9457 problem details: every error leaves the API as ``application/problem+json``.
+
+Guarantees:
+- an error raised as a :class:`ProblemError` (or subclass) is rendered with its own status,
+  title and detail, plus any extra members it carries;
+- request validation errors become 422 with an ``errors`` list naming each bad field;
+- Starlette's HTTP errors (unknown route, wrong method) get the same shape;
+- anything unexpected becomes a 500 whose body holds the request id and nothing else from the
+  server: the traceback goes to the log, never to the client.
+
+Needs: fastapi, orjson, asgi-correlation-id (for the request id). Wire it with
+``install_problem_handlers(app)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import orjson
+import structlog
+from asgi_correlation_id import correlation_id
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+PROBLEM_JSON = "application/problem+json"
+
+log = structlog.get_logger(__name__)
+
+
+class ProblemError(Exception):
+    """An error that knows how it looks over HTTP. Subclass it per domain error."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal Server Error"
+    # A URI naming the problem type; "about:blank" means "see the status code".
+    type: ClassVar[str] = "about:blank"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+
+def problem_response(
+    status: int,
+    *,
+    title: str | None = None,
+    detail: str | None = None,
+    type_: str = "about:blank",
+    instance: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    request_id = correlation_id.get()
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extensions)
+    return Response(
+        content=orjson.dumps(body, default=str),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+async def _problem_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(
+        exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        type_=exc.type,
+        instance=request.url.path,
+        headers=exc.headers,
+        **exc.extensions,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            # ("body", "email") -> "body.email": the field a client must fix.
+            "field": ".".join(str(part) for part in error.get("loc", ())),
+            "message": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
+        for error in exc.errors()
+    ]
+    return problem_response(
+        422,
+        title="Validation Error",
+        detail=f"{len(errors)} field(s) failed validation",
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    detail: str | None = exc.detail if isinstance(exc.detail, str) else None
+    if detail == HTTPStatus(exc.status_code).phrase:
+        detail = None
+    return problem_response(
+        exc.status_code, detail=detail, instance=request.url.path, headers=exc.headers
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("http.unhandled_error", path=request.url.path, exc_info=exc)
+    request_id = correlation_id.get()
+    return problem_response(
+        500,
+        detail="An unexpected error occurred. Quote the request id when reporting it.",
+        instance=request.url.path,
+        # A 500 is rendered outside the request-id middleware, so echo the id here.
+        headers={"X-Request-ID": request_id} if request_id else None,
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _problem_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,61 @@
+"""The async SQLAlchemy engine and the per-request session.
+
+The request decides when to commit: :func:`get_db_session` opens one session per request,
+commits it after the endpoint returns and *before* the response is sent (``scope="function"``),
+and rolls back on any error. Services and repositories only ``flush()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from {{ cookiecutter.project_slug }}.config import Settings
+
+
+def create_engine(settings: Settings, *, application_name: str = "api") -> AsyncEngine:
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        # A connection the server closed (failover, idle timeout) is replaced, not handed out.
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.readiness_timeout * 5,
+            "server_settings": {
+                "application_name": f"{settings.jwt_issuer}-{application_name}",
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: the response is serialised after the commit, from loaded rows.
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+# scope="function": the commit happens before the response leaves, so a client never sees a
+# 2xx for a write that then failed to commit.
+DbSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]

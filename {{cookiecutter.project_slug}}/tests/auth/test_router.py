@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import jwt
+import pytest
+from httpx import AsyncClient
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.models import User
+
+PASSWORD = "correct horse battery"
+
+
+async def register(client: AsyncClient, email: str = "ada@example.com") -> dict[str, object]:
+    response = await client.post("/auth/register", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def login(client: AsyncClient, email: str = "ada@example.com") -> str:
+    response = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_register_login_and_me(app_client: AsyncClient) -> None:
+    user = await register(app_client, "Ada@Example.com")
+    assert user["email"] == "ada@example.com"  # normalised
+    assert "password" not in str(user)
+    token = await login(app_client, "ada@example.com")
+    response = await app_client.get("/users/me", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.json()["id"] == user["id"]
+
+
+async def test_password_is_stored_as_an_argon2_hash(
+    app_client: AsyncClient, session: AsyncSession
+) -> None:
+    await register(app_client)
+    user = (await session.execute(User.__table__.select())).one()
+    assert user.password_hash.startswith("$argon2id$")
+    assert PASSWORD not in user.password_hash
+
+
+async def test_registering_an_email_twice_is_a_409(app_client: AsyncClient) -> None:
+    await register(app_client)
+    response = await app_client.post(
+        "/auth/register", json={"email": "ADA@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 409
+    assert response.json()["detail"] == "An account with this email already exists."
+
+
+async def test_short_passwords_are_rejected(app_client: AsyncClient) -> None:
+    response = await app_client.post(
+        "/auth/register", json={"email": "bob@example.com", "password": "short"}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "body.password"
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [("ada@example.com", "wrong password!!"), ("nobody@example.com", PASSWORD)],
+)
+async def test_bad_credentials_get_the_same_401(
+    app_client: AsyncClient, email: str, password: str
+) -> None:
+    await register(app_client)
+    response = await app_client.post("/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    # Same message either way: the API does not tell which emails exist.
+    assert response.json()["detail"] == "Incorrect email or password."
+
+
+async def test_me_without_a_token_is_401(app_client: AsyncClient) -> None:
+    response = await app_client.get("/users/me")
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def forge(settings: Settings, key: str, **overrides: object) -> str:
+    now = datetime.now(UTC)
+    claims: dict[str, object] = {
+        "sub": str(uuid4()),
+        "iss": settings.jwt_issuer,
+        "typ": "access",
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        **overrides,
+    }
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+async def test_expired_tokens_are_rejected(app_client: AsyncClient, settings: Settings) -> None:
+    user = await register(app_client)
+    past = datetime.now(UTC) - timedelta(hours=2)
+    token = forge(
+        settings,
+        settings.secret_key.get_secret_value(),
+        sub=user["id"],
+        iat=past,
+        exp=past + timedelta(hours=1),
+    )
+    response = await app_client.get("/users/me", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.json()["detail"] == "The access token has expired; log in again."
+
+
+async def test_tokens_signed_with_another_key_are_rejected(
+    app_client: AsyncClient, settings: Settings
+) -> None:
+    user = await register(app_client)
+    token = forge(settings, "an attacker's key that is long enough!!", sub=user["id"])
+    response = await app_client.get("/users/me", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.json()["detail"] == "The access token is invalid."
+
+
+async def test_unsigned_alg_none_tokens_are_rejected(app_client: AsyncClient) -> None:
+    user = await register(app_client)
+    token = jwt.encode({"sub": user["id"]}, key="", algorithm="none")
+    response = await app_client.get("/users/me", headers=bearer(token))
+    assert response.status_code == 401
+
+
+async def test_tokens_of_deactivated_users_stop_working_at_once(
+    app_client: AsyncClient, session: AsyncSession
+) -> None:
+    await register(app_client)
+    token = await login(app_client)
+    await session.execute(update(User).values(is_active=False))
+    await session.commit()
+    response = await app_client.get("/users/me", headers=bearer(token))
+    assert response.status_code == 401

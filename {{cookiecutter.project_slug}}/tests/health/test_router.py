@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.devstack.servers import free_port
+
+
+async def test_healthz_answers_without_touching_dependencies(app_client: AsyncClient) -> None:
+    response = await app_client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_checks_postgres_and_redis(app_client: AsyncClient) -> None:
+    response = await app_client.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["checks"]["postgres"]["status"] == "ok"
+    assert body["checks"]["redis"]["status"] == "ok"
+
+
+async def ready_response(settings: Settings) -> tuple[int, dict[str, object], str]:
+    app = create_app(settings)
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get("/readyz")
+    return response.status_code, response.json(), response.headers["content-type"]
+
+
+def nothing_listens_at() -> str:
+    # A port we just freed: connections are refused, as when a server is down.
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def settings_with_dead_postgres(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"database_url": f"postgresql+asyncpg://postgres@{nothing_listens_at()}/x"}
+    )
+
+
+async def test_readyz_is_503_naming_postgres_when_it_is_down(
+    settings_with_dead_postgres: Settings,
+) -> None:
+    status, body, content_type = await ready_response(settings_with_dead_postgres)
+    assert status == 503
+    assert content_type == "application/problem+json"
+    assert body["detail"] == "Unavailable: postgres"
+    checks = body["checks"]
+    assert isinstance(checks, dict)
+    assert checks["postgres"]["status"] == "fail"
+    assert checks["redis"]["status"] == "ok"
+    # The probe says which dependency, never how to reach it.
+    assert "127.0.0.1" not in str(body)
+
+
+async def test_readyz_is_503_naming_redis_when_it_is_down(settings: Settings) -> None:
+    dead_redis = settings.model_copy(update={"redis_url": f"redis://{nothing_listens_at()}/0"})
+    status, body, _ = await ready_response(dead_redis)
+    assert status == 503
+    assert body["detail"] == "Unavailable: redis"
+
+
+async def test_readyz_names_every_failed_dependency(settings: Settings) -> None:
+    both_dead = settings.model_copy(
+        update={
+            "redis_url": f"redis://{nothing_listens_at()}/0",
+            "database_url": f"postgresql+asyncpg://postgres@{nothing_listens_at()}/x",
+        }
+    )
+    status, body, _ = await ready_response(both_dead)
+    assert status == 503
+    assert body["detail"] == "Unavailable: postgres, redis"
+
+
+@pytest.fixture
+async def blackholed_port() -> AsyncIterator[int]:
+    """A server that accepts connections and never answers: the worst kind of outage."""
+    import asyncio
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # wait until the client gives up
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+async def test_readyz_does_not_hang_on_a_blackholed_dependency(
+    settings: Settings, blackholed_port: int
+) -> None:
+    hung_redis = settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{blackholed_port}/0",
+            "redis_socket_timeout": 30.0,
+            "readiness_timeout": 0.3,
+        }
+    )
+    status, body, _ = await ready_response(hung_redis)
+    assert status == 503
+    checks = body["checks"]
+    assert isinstance(checks, dict)
+    assert checks["redis"]["error"] == "timed out after 0.3s"

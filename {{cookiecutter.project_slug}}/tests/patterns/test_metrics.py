@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from httpx import AsyncClient
+
+
+async def test_metrics_count_requests_by_route_template_and_status(
+    app_client: AsyncClient,
+) -> None:
+    for _ in range(3):
+        await app_client.get("/users/me")
+    await app_client.get("/healthz")
+    text = (await app_client.get("/metrics")).text
+    assert 'http_requests_total{method="GET",route="/users/me",status="401"} 3.0' in text
+    assert 'http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert 'http_request_duration_seconds_count{method="GET",route="/users/me"} 3.0' in text
+
+
+async def test_metrics_expose_in_flight_requests_and_the_db_pool(app_client: AsyncClient) -> None:
+    await app_client.get("/readyz")
+    response = await app_client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    # The scrape itself is in flight while the gauge is read.
+    assert "http_requests_in_flight 1.0" in response.text
+    assert "db_pool_checked_out 0.0" in response.text
+    assert "db_pool_size 10.0" in response.text
+
+
+async def test_raw_ids_never_become_labels(app_client: AsyncClient) -> None:
+    await app_client.get("/products/123e4567-e89b-12d3-a456-426614174000")
+    text = (await app_client.get("/metrics")).text
+    assert "123e4567" not in text
+    assert 'route="<unmatched>"' in text

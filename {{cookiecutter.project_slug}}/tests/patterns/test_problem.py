@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.patterns.problem import PROBLEM_JSON, ProblemError
+
+
+class OutOfStock(ProblemError):
+    status: ClassVar[int] = 409
+    title: ClassVar[str] = "Out of Stock"
+    type: ClassVar[str] = "https://errors.example.com/out-of-stock"
+
+
+async def raise_unexpected() -> None:
+    raise RuntimeError("database password is hunter2")  # must never reach the client
+
+
+async def raise_domain_error() -> None:
+    raise OutOfStock("Only 2 left.", available=2)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    app: FastAPI = create_app(settings)
+    app.add_api_route("/boom", raise_unexpected)
+    app.add_api_route("/out-of-stock", raise_domain_error)
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+async def test_unknown_route_is_a_404_problem(client: AsyncClient) -> None:
+    response = await client.get("/no/such/thing")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body = response.json()
+    assert body["status"] == 404
+    assert body["title"] == "Not Found"
+    assert body["instance"] == "/no/such/thing"
+
+
+async def test_wrong_method_is_a_405_problem(client: AsyncClient) -> None:
+    response = await client.delete("/healthz")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == PROBLEM_JSON
+
+
+async def test_validation_errors_list_each_bad_field(client: AsyncClient) -> None:
+    response = await client.post("/auth/register", json={"email": "not-an-email", "password": 1})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM_JSON
+    fields = {error["field"] for error in response.json()["errors"]}
+    assert fields == {"body.email", "body.password"}
+
+
+async def test_malformed_json_is_a_422_problem(client: AsyncClient) -> None:
+    response = await client.post(
+        "/auth/register", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM_JSON
+
+
+async def test_domain_errors_carry_their_status_and_extensions(client: AsyncClient) -> None:
+    response = await client.get("/out-of-stock")
+    assert response.status_code == 409
+    body = response.json()
+    assert body["type"] == "https://errors.example.com/out-of-stock"
+    assert body["detail"] == "Only 2 left."
+    assert body["available"] == 2
+
+
+async def test_unexpected_errors_are_500_with_request_id_and_no_internals(
+    client: AsyncClient,
+) -> None:
+    response = await client.get("/boom", headers={"X-Request-ID": "trace-me-123"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.headers["x-request-id"] == "trace-me-123"
+    body = response.json()
+    assert body["request_id"] == "trace-me-123"
+    assert "hunter2" not in response.text
+    assert "Traceback" not in response.text
+    assert "RuntimeError" not in response.text

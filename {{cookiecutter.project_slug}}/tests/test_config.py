@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from {{ cookiecutter.project_slug }}.config import DEV_SECRET, Settings
+
+REQUIRED = {"database_url": "postgresql://u@h/db", "redis_url": "redis://h:6379/0"}
+
+
+def make(**overrides: object) -> Settings:
+    # model_validate reads no environment: each test sees only the values it names.
+    return Settings.model_validate({**REQUIRED, **overrides})
+
+
+def test_placeholder_secret_is_accepted_in_development() -> None:
+    assert make(environment="development").secret_key.get_secret_value()
+
+
+@pytest.mark.parametrize("secret", ["change-me", DEV_SECRET, "too-short-to-be-real"])
+def test_production_refuses_placeholder_or_short_secrets(secret: str) -> None:
+    with pytest.raises(ValidationError, match="SECRET_KEY must be a random value"):
+        make(environment="production", secret_key=secret)
+
+
+def test_production_accepts_a_real_secret() -> None:
+    settings = make(environment="production", secret_key="x" * 48)
+    assert settings.environment == "production"
+
+
+def test_plain_postgres_urls_get_the_async_driver() -> None:
+    assert make(database_url="postgres://u:p@db:5432/shop").database_url == (
+        "postgresql+asyncpg://u:p@db:5432/shop"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("database_url", "mysql://u@h/db", "DATABASE_URL must be a postgresql:// URL"),
+        ("redis_url", "http://h:6379", "REDIS_URL must be a redis://"),
+        ("db_pool_size", 0, "greater than or equal to 1"),
+    ],
+)
+def test_bad_values_fail_with_a_message_naming_the_setting(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        make(**{field: value})
+
+
+def test_missing_database_url_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(ValidationError, match="database_url"):
+        Settings(_env_file=None, redis_url="redis://h:6379/0")
+
+
+def test_settings_come_from_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://env-host/db")
+    monkeypatch.setenv("REDIS_URL", "redis://env-host:6379/2")
+    monkeypatch.setenv("DB_POOL_SIZE", "7")
+    settings = Settings(_env_file=None)
+    assert settings.database_url == "postgresql+asyncpg://env-host/db"
+    assert settings.db_pool_size == 7
+
+
+def test_env_example_lists_exactly_the_settings() -> None:
+    example = Path(__file__).parents[1] / ".env.example"
+    names = {
+        line.split("=", 1)[0].lstrip("# ").strip()
+        for line in example.read_text().splitlines()
+        if re.match(r"^#? ?[A-Z][A-Z0-9_]*=", line)
+    }
+    assert {field.upper() for field in Settings.model_fields} <= names
