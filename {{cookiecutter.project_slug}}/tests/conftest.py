@@ -4,24 +4,26 @@ Servers: ``DATABASE_URL`` / ``REDIS_URL`` from the environment; else throwaway s
 local binaries; else containers when a Docker engine answers; else the run stops with a message
 naming what to install. There is no SQLite or fake Redis on any path.
 
-Isolation: each xdist worker gets its own database, created and migrated once (migrations
-are the only schema source), and its own Redis logical database. Each test runs inside a
-transaction that is rolled back afterwards; the app's own commits become savepoint releases.
+Isolation: each xdist worker of each run gets its own database, created and migrated once
+(migrations are the only schema source) and dropped at the end, so two runs on one server never
+meet. Each test runs inside a transaction that is rolled back afterwards; the app's own commits
+become savepoint releases.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import asyncpg
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
-from redis.asyncio import Redis
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker as make_sessionmaker
@@ -52,6 +54,8 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest.exit(f"No Postgres/Redis for the tests: {exc}", returncode=4)
     _started.extend(started)
     os.environ.update(urls)
+    # Names this run's databases, so concurrent runs against one server stay apart.
+    os.environ.setdefault("TEST_RUN_ID", secrets.token_hex(3))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -59,10 +63,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         server.stop()
     if _throwaway_dir is not None:
         _throwaway_dir.cleanup()
-
-
-def worker_number(worker_id: str) -> int:
-    return 0 if worker_id == "master" else int(worker_id.removeprefix("gw"))
 
 
 def database_url_for(name: str) -> str:
@@ -73,16 +73,30 @@ def database_url_for(name: str) -> str:
     )
 
 
-async def recreate_database(name: str) -> str:
-    """Drop and create ``name`` on the configured server; return its SQLAlchemy URL."""
+def run_database_name(purpose: str, worker_id: str) -> str:
+    return f"{{ cookiecutter.project_slug }}_{purpose}_{os.environ['TEST_RUN_ID']}_{worker_id}"
+
+
+async def _admin_execute(*statements: str) -> None:
     admin = make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql")
     connection = await asyncpg.connect(admin.render_as_string(hide_password=False))
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{name}"')
+        for statement in statements:
+            await connection.execute(statement)
     finally:
         await connection.close()
+
+
+async def recreate_database(name: str) -> str:
+    """Drop and create ``name`` on the configured server; return its SQLAlchemy URL."""
+    await _admin_execute(
+        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
+    )
     return database_url_for(name)
+
+
+async def drop_database(name: str) -> None:
+    await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -92,21 +106,18 @@ def worker_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-async def database_url(worker_id: str) -> str:
-    url = await recreate_database(f"{{ cookiecutter.project_slug }}_test_{worker_id}")
+async def database_url(worker_id: str) -> AsyncIterator[str]:
+    name = run_database_name("test", worker_id)
+    url = await recreate_database(name)
     # Alembic's env.py runs its own event loop; give it a thread of its own.
-    import anyio.to_thread
-
     await anyio.to_thread.run_sync(upgrade_to_head, url)
-    return url
+    yield url
+    await drop_database(name)
 
 
 @pytest.fixture(scope="session")
-def redis_url(worker_id: str) -> str:
-    # One logical Redis database per worker (1-15), so workers never see each other's keys.
-    base = make_url(os.environ["REDIS_URL"].replace("redis://", "postgresql://", 1))
-    number = worker_number(worker_id) % 15 + 1
-    return f"redis://{base.host}:{base.port}/{number}"
+def redis_url() -> str:
+    return os.environ["REDIS_URL"]
 
 
 @pytest.fixture(scope="session")
@@ -153,15 +164,6 @@ def sessionmaker(connection: AsyncConnection) -> make_sessionmaker[AsyncSession]
 async def session(sessionmaker: make_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     async with sessionmaker() as session:
         yield session
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client: Redis = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ downgrade from an empty schema.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from pytest_alembic import Config as AlembicTestConfig
 from pytest_alembic.tests import (
@@ -18,7 +20,7 @@ from sqlalchemy import NullPool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from {{ cookiecutter.project_slug }}.migrate import SCRIPT_LOCATION
-from tests.conftest import recreate_database
+from tests.conftest import drop_database, recreate_database, run_database_name
 
 __all__ = [
     "test_model_definitions_match_ddl",
@@ -30,12 +32,16 @@ __all__ = [
 
 @pytest.fixture(scope="module")
 def alembic_config() -> AlembicTestConfig:
-    return AlembicTestConfig(config_options={"script_location": SCRIPT_LOCATION, "path_separator": "os"})
+    return AlembicTestConfig(
+        config_options={"script_location": SCRIPT_LOCATION, "path_separator": "os"}
+    )
 
 
 @pytest.fixture(scope="module")
-async def migrations_database_url(worker_id: str) -> str:
-    return await recreate_database(f"{{ cookiecutter.project_slug }}_migrations_{worker_id}")
+async def migrations_database_url(worker_id: str) -> AsyncIterator[str]:
+    name = run_database_name("migrations", worker_id)
+    yield await recreate_database(name)
+    await drop_database(name)
 
 
 @pytest.fixture
