@@ -1,0 +1,53 @@
+"""The test that matters most: a fresh bake passes its own lint and its whole test suite against
+real servers, with nothing skipped."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_ok, bake, baked_env, run
+
+SUMMARY = re.compile(r"=+ (?P<summary>.*\d+ passed.*) in [\d.]+s")
+
+
+def summary_of(output: str) -> str:
+    matches = SUMMARY.findall(output)
+    assert matches, f"no pytest summary in the output:\n{output[-3000:]}"
+    return str(matches[-1])
+
+
+def assert_all_passed_none_skipped(output: str) -> int:
+    summary = summary_of(output)
+    for word in ("failed", "error", "skipped", "xfailed", "deselected"):
+        assert word not in summary, f"baked suite reported {summary!r}"
+    return int(summary.split(" passed")[0].split()[-1])
+
+
+@pytest.mark.slow
+def test_default_bake_passes_make_lint_and_make_test(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    project = bake(tmp_path)
+    env = baked_env()
+    assert_ok(run(["make", "lint"], project, env), "make lint")
+    result = run(["make", "test"], project, env)
+    assert_ok(result, "make test")
+    passed = assert_all_passed_none_skipped(result.stdout)
+    print(
+        f"default bake: {passed} tests passed; bake to green {time.perf_counter() - started:.1f}s"
+    )
+
+
+@pytest.mark.slow
+def test_minimal_bake_passes_on_throwaway_servers(tmp_path: Path) -> None:
+    """With no DATABASE_URL/REDIS_URL set, the suite starts its own servers from local binaries:
+    the path a fresh machine with Postgres and Redis installed takes."""
+    project = bake(tmp_path, ci="none")
+    env = baked_env(DATABASE_URL=None, REDIS_URL=None)
+    result = run(["make", "test"], project, env)
+    assert_ok(result, "make test on throwaway servers")
+    passed = assert_all_passed_none_skipped(result.stdout)
+    print(f"minimal bake on throwaway servers: {passed} tests passed")
