@@ -66,3 +66,16 @@ def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
         f"{what} failed with exit {result.returncode}\n"
         f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what the baked suites measured (tests passed, bake-to-green time) at the end."""
+    lines = [
+        f"{report.nodeid}: {name} = {value}"
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in getattr(report, "user_properties", [])
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "baked project figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ def assert_all_passed_none_skipped(output: str) -> int:
 
 
 @pytest.mark.slow
-def test_default_bake_passes_make_lint_and_make_test(tmp_path: Path) -> None:
+def test_default_bake_passes_make_lint_and_make_test(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     started = time.perf_counter()
     project = bake(tmp_path)
     env = baked_env()
@@ -36,13 +39,14 @@ def test_default_bake_passes_make_lint_and_make_test(tmp_path: Path) -> None:
     result = run(["make", "test"], project, env)
     assert_ok(result, "make test")
     passed = assert_all_passed_none_skipped(result.stdout)
-    print(
-        f"default bake: {passed} tests passed; bake to green {time.perf_counter() - started:.1f}s"
-    )
+    record_property("tests_passed", passed)
+    record_property("bake_to_green_seconds", round(time.perf_counter() - started, 1))
 
 
 @pytest.mark.slow
-def test_minimal_bake_passes_on_throwaway_servers(tmp_path: Path) -> None:
+def test_minimal_bake_passes_on_throwaway_servers(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     """With no DATABASE_URL/REDIS_URL set, the suite starts its own servers from local binaries:
     the path a fresh machine with Postgres and Redis installed takes."""
     project = bake(tmp_path, ci="none")
@@ -50,4 +54,4 @@ def test_minimal_bake_passes_on_throwaway_servers(tmp_path: Path) -> None:
     result = run(["make", "test"], project, env)
     assert_ok(result, "make test on throwaway servers")
     passed = assert_all_passed_none_skipped(result.stdout)
-    print(f"minimal bake on throwaway servers: {passed} tests passed")
+    record_property("tests_passed_on_throwaway_servers", passed)
