@@ -15,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, provide_services
+from {{ cookiecutter.project_slug }}.logging import configure_logging
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.seed import seed_sample_data
 
@@ -59,6 +61,7 @@ def run_dev(api_port: int) -> int:
         env = {**environ, **urls, "API_PORT": str(api_port)}
         env.setdefault("ENVIRONMENT", "development")
         os.environ.update(env)
+        configure_logging(Settings())
         upgrade_to_head(env["DATABASE_URL"])
         asyncio.run(seed_sample_data(env["DATABASE_URL"]))
         print(_banner(env, started), flush=True)

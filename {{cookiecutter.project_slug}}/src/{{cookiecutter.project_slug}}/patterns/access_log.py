@@ -17,9 +17,9 @@ import time
 
 import structlog
 from asgi_correlation_id import correlation_id
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from {{ cookiecutter.project_slug }}.patterns.asgi import route_template
+from {{ cookiecutter.project_slug }}.patterns.asgi import StatusRecordingSend, route_template
 
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -36,17 +36,10 @@ class AccessLogMiddleware:
             return
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=correlation_id.get())
-        status = 500
-
-        async def send_and_record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = StatusRecordingSend(send)
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_and_record_status)
+            await self.app(scope, receive, status)
         finally:
             route = route_template(scope)
             client = scope.get("client")
@@ -56,7 +49,7 @@ class AccessLogMiddleware:
                 method=scope["method"],
                 route=route,
                 path=scope["path"],
-                status=status,
+                status=status.code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 client=client[0] if client else None,
             )
