@@ -2,9 +2,10 @@ vcl 4.1;
 
 # The edge: a CDN stand-in in front of the gateway (client -> edge -> gateway -> API).
 #
-# For now a pass-through: nothing is cached, every request goes to the gateway, and the edge
-# only sets the forwarding headers the rest of the chain trusts. Caching by Cache-Control /
-# s-maxage, surrogate keys and purges come with the CDN component.
+# For now a pass-through: nothing is cached, every request goes to the gateway. The edge sets
+# the forwarding headers the rest of the chain trusts, and retries safe requests that failed
+# before the app could answer them. Caching by Cache-Control / s-maxage, surrogate keys and
+# purges come with the CDN component.
 #
 # The backend (where the gateway is) differs per environment, so it lives in backend.vcl, found
 # through vcl_path: compose mounts this directory with the backend.vcl next to this file, and
@@ -40,6 +41,26 @@ sub vcl_pipe {
 }
 
 sub vcl_backend_response {
-    # Stream bodies (server-sent events, large downloads) instead of buffering them whole.
-    set beresp.do_stream = true;
+    # A 5xx the app did not make (the gateway's own: no instance reachable, or one died while
+    # answering) is retried for GET/HEAD, which are safe to repeat. The app's answers, its
+    # problem+json errors included, are final.
+    if (beresp.status >= 500 && beresp.http.Content-Type !~ "^application/problem\+json"
+            && bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 2) {
+        return (retry);
+    }
+    # Whole responses: a body cut short (an instance killed between writing the headers and the
+    # body) is a failed fetch here, retried below, never a truncated response to the client.
+    # Event streams are the exception: they are sent as they come.
+    if (beresp.http.Content-Type ~ "^text/event-stream") {
+        set beresp.do_stream = true;
+    } else {
+        set beresp.do_stream = false;
+    }
+}
+
+sub vcl_backend_error {
+    # No response at all from the gateway: retry what is safe to repeat.
+    if (bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 2) {
+        return (retry);
+    }
 }
