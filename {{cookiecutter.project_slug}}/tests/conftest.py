@@ -309,7 +309,7 @@ def live_server(
     # longer than uvicorn's default 5 s keep-alive.
     command += ["--timeout-keep-alive", "120"]
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(process, base_url, log_path)
