@@ -3,6 +3,9 @@
 The request decides when to commit: :func:`get_db_session` opens one session per request,
 commits it after the endpoint returns and *before* the response is sent (``scope="function"``),
 and rolls back on any error. Services and repositories only ``flush()``.
+
+Side effects a request registers with ``on_commit`` (cache invalidation, CDN purges) run right
+after that commit and before the response; a rollback discards them (patterns/on_commit.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.patterns.on_commit import run_after_commit
 
 
 def create_engine(settings: Settings, *, application_name: str = "api") -> AsyncEngine:
@@ -54,6 +58,8 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
+            # After the commit, before the response: a 2xx means caches and edge are clean.
+            await run_after_commit(session)
 
 
 # scope="function": the commit happens before the response leaves, so a client never sees a
