@@ -7,9 +7,9 @@ already hold (no validators); and content that stays stale at the edge after an 
 surrogate keys to purge by).
 
 Guarantees:
-- **Deny by default**: a response whose route declared no policy, and every non-200 response
-  (errors, redirects, 401s), leaves with ``Cache-Control: private, no-store`` unless the
-  endpoint set ``Cache-Control`` itself. Only a route that declares a public policy with
+- **Deny by default**: a response whose route declared no policy, every non-200 response
+  (errors, redirects, 401s) and every response to a method other than GET/HEAD leaves with
+  ``Cache-Control: private, no-store`` unless the endpoint set ``Cache-Control`` itself. Only a route that declares a public policy with
   ``dependencies=[cache_policy(...)]`` can be stored by a shared cache.
 - A declared policy sets ``Cache-Control`` and ``Vary`` on the route's 200 and 304 responses:
   public ones carry ``max-age``, ``s-maxage`` (the edge's TTL) and ``stale-while-revalidate``;
@@ -232,7 +232,8 @@ class HttpCacheMiddleware:
         status: int = message["status"]
         headers = MutableHeaders(scope=message)
         declared: CachePolicy | None = state.get(_POLICY)
-        policy = declared if declared is not None and status in (200, 304) else self.default
+        readable = scope["method"] in ("GET", "HEAD") and status in (200, 304)
+        policy = declared if declared is not None and readable else self.default
         if "cache-control" not in headers:
             headers["cache-control"] = policy.cache_control
             _merge_vary(headers, policy.vary)
