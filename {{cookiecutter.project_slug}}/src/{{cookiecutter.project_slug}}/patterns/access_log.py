@@ -1,10 +1,11 @@
 """One structured log line per request, with the request id bound for everything it logs.
 
 Guarantees: every HTTP request produces exactly one ``http.request`` event carrying
-``request_id``, ``method``, ``route`` (template), ``path``, ``status``, ``duration_ms`` and
-``client``; the request id is bound in structlog's contextvars so every other line logged while
-serving the request carries it too. Probe and scrape routes log at debug level so they do not
-drown real traffic.
+``request_id``, ``method``, ``route`` (template), ``path``, ``status``, ``duration_ms``,
+``client`` and ``scheme`` (behind a trusted proxy: the real client's address and scheme, see
+``FORWARDED_ALLOW_IPS``); the request id is bound in structlog's contextvars so every other
+line logged while serving the request carries it too. Probe and scrape routes log at debug
+level so they do not drown real traffic.
 
 Needs: structlog, asgi-correlation-id's ``CorrelationIdMiddleware`` placed *outside* this one
 (it accepts a sane incoming ``X-Request-ID`` or makes one, and echoes it back).
@@ -59,6 +60,7 @@ class AccessLogMiddleware:
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 client=client[0] if client else None,
+                scheme=scope["scheme"],
             )
 
 

@@ -9,8 +9,9 @@ surrogate keys to purge by).
 Guarantees:
 - **Deny by default**: a response whose route declared no policy, every non-200 response
   (errors, redirects, 401s) and every response to a method other than GET/HEAD leaves with
-  ``Cache-Control: private, no-store`` unless the endpoint set ``Cache-Control`` itself. Only a route that declares a public policy with
-  ``dependencies=[cache_policy(...)]`` can be stored by a shared cache.
+  ``Cache-Control: private, no-store`` unless the endpoint set ``Cache-Control`` itself.
+  Only a route that declares a public policy with ``dependencies=[cache_policy(...)]`` can
+  be stored by a shared cache.
 - A declared policy sets ``Cache-Control`` and ``Vary`` on the route's 200 and 304 responses:
   public ones carry ``max-age``, ``s-maxage`` (the edge's TTL) and ``stale-while-revalidate``;
   private ones vary on ``Authorization`` and ``Cookie`` as a second line of defence.
