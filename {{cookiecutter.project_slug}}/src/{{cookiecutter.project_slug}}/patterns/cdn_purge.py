@@ -89,12 +89,12 @@ class VarnishPurger:
             return_exceptions=True,
         )
         failed = [
-            endpoint
+            f"{endpoint} ({type(result).__name__}: {result})"
             for endpoint, result in zip(self.endpoints, results, strict=True)
             if isinstance(result, BaseException)
         ]
         if failed:
-            raise PurgeFailed(f"edge nodes did not acknowledge the purge: {', '.join(failed)}")
+            raise PurgeFailed(f"edge nodes did not acknowledge the purge: {'; '.join(failed)}")
 
     async def _purge_node(self, endpoint: str, keys: str) -> int:
         retrying = AsyncRetrying(
