@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from {{ cookiecutter.project_slug }}.caching import bind_invalidation
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.on_commit import run_after_commit
 
@@ -51,6 +52,9 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as session:
+        # What this request's writes invalidate goes through the app's cache and edge clients.
+        state = request.app.state
+        bind_invalidation(session, getattr(state, "cache", None), getattr(state, "purger", None))
         try:
             yield session
         except BaseException:

@@ -26,6 +26,9 @@ Guarantees:
   (:mod:`.on_commit`), never before. In-process sharing is safe too: a caller only takes a
   result whose read (query or GET) was issued after the caller started, so nothing read before
   a write's invalidation reaches a caller that started after it.
+- Groups of keys (every page of a listing) are invalidated together with a *scope*: keys
+  carry the scope's generation, and :meth:`Cache.invalidate_scope` moves it on, so no caller
+  that starts afterwards reads an entry of the old generation.
 - Fail-open: every Redis call has a short timeout; a failure counts towards a circuit breaker,
   and the caller is served by the loader (concurrent callers in one process still share one
   load). After ``failure_threshold`` consecutive failures the
@@ -97,6 +100,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# Moves a scope to a new generation. A missing counter (first use, evicted, expired) restarts
+# from the clock, never from a number an older generation used.
+_BUMP_GENERATION: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+local generation = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return generation
+"""
+# Generation counters outlive any entry keyed by them.
+_GENERATION_TTL_SECONDS: Final = 86_400
 
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -272,6 +288,7 @@ class Cache:
         self._ticket = 0
         self._store_if_leased = redis.register_script(_STORE_IF_LEASED)
         self._release_lease = redis.register_script(_RELEASE_LEASE)
+        self._bump_generation = redis.register_script(_BUMP_GENERATION)
 
     def key(self, region: CacheRegion[Any], key: str) -> str:
         # The braces are a Redis Cluster hash tag: a value and its lease share a slot, so the
@@ -281,15 +298,33 @@ class Cache:
     # Reading -------------------------------------------------------------------------------
 
     async def get_or_load(
-        self, region: CacheRegion[T], key: str, loader: Callable[[], Awaitable[T | None]]
+        self,
+        region: CacheRegion[T],
+        key: str,
+        loader: Callable[[], Awaitable[T | None]],
+        *,
+        scope: str | None = None,
     ) -> T | None:
         """The value for ``key``: from Redis, or from ``loader`` (``None`` = not found).
 
         ``loader`` must read committed data as of when it runs (Postgres's default READ
         COMMITTED does): values it returns may be handed to callers that started before it.
+
+        ``scope`` names a group of keys invalidated together (every page of a listing, every
+        summary of one user): the key is prefixed with the scope's current generation, and
+        :meth:`invalidate_scope` moves the scope to a new one, so the old entries are never
+        read again (they expire by TTL).
         """
         self._ticket += 1
         ticket = self._ticket
+        if scope is not None:
+            generation = await self._generation(scope)
+            if generation is None:  # Redis cannot say: the database answers, nothing is stored
+                full_key = self.key(region, f"{scope}:?:{key}")
+                return await self._single_flight(
+                    region, full_key, ticket, self._bypass(region, loader)
+                )
+            key = f"{scope}:{generation}:{key}"
         full_key = self.key(region, key)
         if not self.breaker.allow():
             # Redis is out of the picture; concurrent callers in this process still share loads.
@@ -495,6 +530,41 @@ class Cache:
             result = await self._call("invalidate", pipe.execute)
         if isinstance(result, _Failed):
             log.error("cache.invalidate_failed", region=region.name, keys=list(keys))
+
+    async def invalidate_scope(self, scope: str) -> None:
+        """Move ``scope`` to a new generation: every key read under it is dropped at once.
+
+        Call it after the write commits. A load that read the old rows stores them under the
+        old generation, where no caller started after this returns will look.
+        """
+        result = await self._call(
+            "invalidate",
+            partial(
+                self._bump_generation,
+                keys=[self._generation_key(scope)],
+                args=[time.time_ns(), _GENERATION_TTL_SECONDS],
+            ),
+        )
+        if isinstance(result, _Failed):
+            log.error("cache.invalidate_failed", scope=scope)
+
+    async def _generation(self, scope: str) -> str | None:
+        if not self.breaker.allow():
+            return None
+        key = self._generation_key(scope)
+        value = await self._call("get", partial(self.redis.get, key))
+        if value is None:
+            start = partial(
+                self.redis.set, key, time.time_ns(), nx=True, ex=_GENERATION_TTL_SECONDS
+            )
+            await self._call("get", start)
+            value = await self._call("get", partial(self.redis.get, key))
+        if isinstance(value, bytes):
+            return value.decode()
+        return None
+
+    def _generation_key(self, scope: str) -> str:
+        return f"{self.prefix}:generation:{scope}"
 
     # Plumbing ------------------------------------------------------------------------------
 
