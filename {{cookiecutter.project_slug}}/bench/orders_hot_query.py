@@ -95,11 +95,12 @@ async def _seed(volume: Volume) -> None:
         await engine.dispose()
 
 
-def prepare(volume: Volume, reuse: bool) -> float:
-    """Create, migrate and seed the indexed database and its unindexed copy; seconds spent."""
+def prepare(volume: Volume, reuse: bool) -> float | None:
+    """Create, migrate and seed the indexed database and its unindexed copy; seconds spent
+    (None when kept databases were reused)."""
     if reuse and asyncio.run(_exists(INDEXED)) and asyncio.run(_exists(UNINDEXED)):
         print("reusing the scratch databases")
-        return 0.0
+        return None
     started = time.perf_counter()
     asyncio.run(
         _admin(
@@ -216,7 +217,18 @@ async def _typical_user() -> UUID:
         await engine.dispose()
 
 
-def measure_endpoint(duration: float, connections: int) -> LoadResult:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_endpoint(duration: float, connections: int) -> tuple[LoadResult, float | None]:
+    """Load on GET /orders; also the API process's CPU ms per request, a figure that holds
+    on a machine shared with other work, where req/s does not."""
     port = free_port()
     secret = secrets.token_urlsafe(48)
     env = {
@@ -248,7 +260,8 @@ def measure_endpoint(duration: float, connections: int) -> LoadResult:
         assert check.status_code == 200, check.text
         assert len(check.json()["items"]) == PAGE
         asyncio.run(run_load("127.0.0.1", port, path, duration=2.0, headers=headers))  # warm-up
-        return asyncio.run(
+        cpu_before = _cpu_seconds(server.pid)
+        result = asyncio.run(
             run_load(
                 "127.0.0.1",
                 port,
@@ -258,6 +271,11 @@ def measure_endpoint(duration: float, connections: int) -> LoadResult:
                 headers=headers,
             )
         )
+        cpu_after = _cpu_seconds(server.pid)
+        cpu_ms = None
+        if cpu_before is not None and cpu_after is not None and result.requests:
+            cpu_ms = round((cpu_after - cpu_before) / result.requests * 1000, 3)
+        return result, cpu_ms
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -286,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("timing the hot query without it ...", flush=True)
         unindexed = asyncio.run(measure_query(UNINDEXED, args.unindexed_runs, explains=5, seed=1))
         print("load on GET /orders ...", flush=True)
-        endpoint = measure_endpoint(args.duration, args.connections)
+        endpoint, cpu_ms = measure_endpoint(args.duration, args.connections)
     finally:
         if not args.keep:
             asyncio.run(
@@ -317,9 +335,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "endpoint_p50_ms": endpoint.p50_ms,
         "endpoint_p99_ms": endpoint.p99_ms,
         "endpoint_errors": endpoint.errors,
+        "endpoint_server_cpu_ms_per_request": cpu_ms,
         "endpoint_connections": args.connections,
         "endpoint_seconds": args.duration,
-        "seed_seconds": round(seed_seconds, 1),
+        "seed_seconds": round(seed_seconds, 1) if seed_seconds else None,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -336,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"GET /orders: {endpoint.rps:.0f} req/s, p50 {endpoint.p50_ms:.2f} ms, "
         f"p99 {endpoint.p99_ms:.2f} ms, {endpoint.errors} errors "
-        f"({args.connections} connections, {args.duration:g} s)"
+        f"({args.connections} connections, {args.duration:g} s); "
+        f"API CPU {cpu_ms} ms/request"
     )
     print(f"-> {RESULTS}")
     return results

@@ -9,9 +9,12 @@ variant, a partial index that a bound parameter defeats, and the hot index dropp
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 from uuid import UUID
 
@@ -140,6 +143,20 @@ def test_the_seed_is_production_sized() -> None:
 def test_every_hot_query_has_sample_parameters() -> None:
     # A new @hot_query without samples here fails this test, so it cannot dodge the guard.
     assert set(SAMPLES) == set(plan_guard.registered())
+
+
+@pytest.mark.parametrize("module", [orders, products], ids=lambda m: m.__name__)
+def test_every_statement_builder_in_a_repository_is_guarded(module: ModuleType) -> None:
+    # A new query builder that forgets @hot_query fails here, so it cannot dodge the guard.
+    guarded = {query.build for query in plan_guard.registered().values()}
+    builders = [
+        function
+        for _, function in inspect.getmembers(module, inspect.isfunction)
+        if function.__module__ == module.__name__
+        and re.match(r"(Select|Update|Delete)\b", str(function.__annotations__.get("return")))
+    ]
+    assert builders
+    assert [f.__name__ for f in builders if f not in guarded] == []
 
 
 async def test_the_planner_sees_large_tables(planner: AsyncConnection) -> None:
