@@ -2,7 +2,8 @@ vcl 4.1;
 
 # The edge: a CDN stand-in in front of the gateway (client -> edge -> gateway -> API).
 #
-# It caches what the API declares shareable and nothing else (docs/cdn.md):
+# It retries safe requests that failed before the app could answer them (docs/load-balancer.md),
+# and caches what the API declares shareable and nothing else (docs/cdn.md):
 # - a response is stored only when its Cache-Control says `public` or `s-maxage` and says none
 #   of `private`, `no-store`, `no-cache`, and it sets no cookie. The TTL is `s-maxage` (Varnish
 #   reads it before `max-age`), the grace is `stale-while-revalidate` (also read natively):
@@ -89,8 +90,21 @@ sub vcl_pipe {
 }
 
 sub vcl_backend_response {
-    # Stream bodies (server-sent events, large downloads) instead of buffering them whole.
-    set beresp.do_stream = true;
+    # A 5xx the app did not make (the gateway's own: no instance reachable, or one died while
+    # answering) is retried for GET/HEAD, which are safe to repeat. The app's answers, its
+    # problem+json errors included, are final.
+    if (beresp.status >= 500 && beresp.http.Content-Type !~ "^application/problem\+json"
+            && bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 2) {
+        return (retry);
+    }
+    # Whole responses: a body cut short (an instance killed between writing the headers and the
+    # body) is a failed fetch here, retried below, never a truncated response to the client.
+    # Event streams are the exception: they are sent as they come.
+    if (beresp.http.Content-Type ~ "^text/event-stream") {
+        set beresp.do_stream = true;
+    } else {
+        set beresp.do_stream = false;
+    }
 
     if (bereq.uncacheable) {
         # A pass (credentials, writes): nothing to decide, nothing is kept.
@@ -114,6 +128,13 @@ sub vcl_backend_response {
         set beresp.do_gzip = true;
     }
     return (deliver);
+}
+
+sub vcl_backend_error {
+    # No response at all from the gateway: retry what is safe to repeat.
+    if (bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 2) {
+        return (retry);
+    }
 }
 
 sub vcl_deliver {

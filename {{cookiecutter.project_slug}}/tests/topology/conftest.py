@@ -146,11 +146,17 @@ async def requests_served(url: str, route: str) -> float:
 
 
 async def gateway_counter(stack: LocalStack, metric: str, **labels: str) -> float:
+    """Sum of one of the gateway's Prometheus counters over the series matching ``labels``
+    (a label value ending in ``*`` matches by prefix: ``code="5*"``)."""
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{stack.urls['gateway_ops']}/metrics")).text
+    wanted = [
+        f'{k}="{v.removesuffix("*")}' if v.endswith("*") else f'{k}="{v}"'
+        for k, v in labels.items()
+    ]
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(metric + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith(metric + "{") and all(label in line for label in wanted):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
