@@ -48,6 +48,7 @@ def create_cache(settings: Settings, registry: CollectorRegistry) -> Cache:
         lease_ttl=settings.cache_lease_ttl,
         wait_timeout=settings.cache_wait_timeout,
         jitter=settings.cache_ttl_jitter,
+        enabled=settings.cache_enabled,
     )
 
 

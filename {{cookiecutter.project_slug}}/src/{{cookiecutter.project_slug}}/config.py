@@ -67,6 +67,8 @@ class Settings(DatabaseSettings):
     # A separate Redis in production lets the cache evict (allkeys-lru) while the broker's
     # Redis never does (noeviction).
     cache_redis_url: str = ""
+    # The kill switch: false serves every read from the database (and the benchmark's baseline).
+    cache_enabled: bool = True
     # Bump the version to drop every cached value at once (a change of meaning, not of shape:
     # shape changes get new keys by themselves).
     cache_key_prefix: str = "{{ cookiecutter.project_slug }}:v1"

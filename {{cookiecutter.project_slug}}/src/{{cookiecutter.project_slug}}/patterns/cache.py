@@ -268,6 +268,7 @@ class Cache:
         lease_ttl: float = 5.0,
         wait_timeout: float = 3.0,
         jitter: float = 0.1,
+        enabled: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
@@ -278,6 +279,7 @@ class Cache:
         self.lease_ttl = lease_ttl
         self.wait_timeout = wait_timeout
         self.jitter = jitter
+        self.enabled = enabled
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[_Filled[Any]]] = {}
         # One Redis command per pooled connection at a time, callers queued first come, first
@@ -315,6 +317,8 @@ class Cache:
         :meth:`invalidate_scope` moves the scope to a new one, so the old entries are never
         read again (they expire by TTL).
         """
+        if not self.enabled:
+            return await self._load(region, loader)
         self._ticket += 1
         ticket = self._ticket
         if scope is not None:
@@ -590,10 +594,16 @@ class Cache:
             async with asyncio.timeout(self.timeout), self._gate:
                 result = await command()
         except _REDIS_FAILURES as exc:
+            was_open = self.breaker.is_open
             self.breaker.record_failure()
             self.metrics.errors.labels(operation).inc()
             self.metrics.circuit_open.set(1 if self.breaker.is_open else 0)
             log.warning("cache.redis_failed", operation=operation, error=type(exc).__name__)
+            if self.breaker.is_open and not was_open:
+                # Pooled sockets to a Redis that died are dead too: drop them all now, so the
+                # probes after it returns connect afresh instead of failing on them one by one.
+                with contextlib.suppress(*_REDIS_FAILURES):
+                    await self.redis.connection_pool.disconnect()
             return _FAILED
         self.breaker.record_success()
         self.metrics.circuit_open.set(0)
