@@ -135,16 +135,34 @@ async def _insert_product(database_url: str) -> UUID:
     return product_id
 
 
-def _origin_requests(stack: LocalStack) -> float:
+def _metric(stack: LocalStack, name: str, *labels: str) -> float:
+    """``name``'s samples that carry every one of ``labels``, summed over the instances."""
     total = 0.0
     for index in range(1, INSTANCES + 1):
         body = httpx.get(f"{stack.urls[f'api.{index}']}/metrics", timeout=5).text
         total += sum(
             float(line.rsplit(" ", 1)[1])
             for line in body.splitlines()
-            if line.startswith("http_requests_total") and f'route="{ROUTE}"' in line
+            if line.startswith(name + "{") and all(label in line for label in labels)
         )
     return total
+
+
+def _cache_lookups(stack: LocalStack) -> tuple[float, float]:
+    """(hits, lookups) of the app cache, summed over the instances, from one scrape each."""
+    hits = lookups = 0.0
+    for index in range(1, INSTANCES + 1):
+        body = httpx.get(f"{stack.urls[f'api.{index}']}/metrics", timeout=5).text
+        for line in body.splitlines():
+            if line.startswith("cache_requests_total{"):
+                value = float(line.rsplit(" ", 1)[1])
+                lookups += value
+                hits += value if 'outcome="hit"' in line else 0.0
+    return hits, lookups
+
+
+def _origin_requests(stack: LocalStack) -> float:
+    return _metric(stack, "http_requests_total", f'route="{ROUTE}"')
 
 
 def measure_stack(
@@ -169,11 +187,18 @@ def measure_stack(
         gateway = int(stack.urls["gateway"].rsplit(":", 1)[1])
         edge = int(stack.urls["edge"].rsplit(":", 1)[1])
         asyncio.run(run_load("127.0.0.1", gateway, path, duration=1.0, connections=CONNECTIONS))
+        time.sleep(1.0)  # requests still queued behind the gateway finish before counting
+        hits_before, lookups_before = _cache_lookups(stack)
         figures: dict[str, LoadResult | float] = {
             "gateway": asyncio.run(
                 run_load("127.0.0.1", gateway, path, duration=duration, connections=CONNECTIONS)
             )
         }
+        time.sleep(1.0)  # requests still queued behind the gateway finish before counting
+        hits_after, lookups_after = _cache_lookups(stack)
+        hits, lookups = hits_after - hits_before, lookups_after - lookups_before
+        figures["hit_ratio"] = round(hits / lookups, 4) if lookups else 0.0
+        figures["cache_errors"] = _metric(stack, "cache_errors_total")
         if cache_enabled:
             before = _origin_requests(stack)
             figures["edge"] = asyncio.run(
@@ -202,6 +227,8 @@ def main(duration: float = 5.0) -> dict[str, Any]:
         "edge_rps": round(edge_load.rps, 1),
         "edge_requests": edge_load.requests,
         "edge_origin_hits": int(cached["edge_origin_hits"]),  # type: ignore[arg-type]
+        "cached_hit_ratio": cached["hit_ratio"],
+        "cached_cache_errors": cached["cache_errors"],
         "cached_vs_uncached": round(cached_load.rps / uncached_load.rps, 2),
         "cached_vs_hello": round(cached_load.rps / hello.rps, 3),
         "edge_vs_cached": round(edge_load.rps / cached_load.rps, 2),

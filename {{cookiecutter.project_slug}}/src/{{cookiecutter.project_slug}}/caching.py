@@ -59,12 +59,13 @@ def create_purger(settings: Settings) -> Purger:
     return VarnishPurger(endpoints, timeout=settings.cdn_purge_timeout)
 
 
-def get_cache(request: Request) -> Cache:
+# async, as every dependency on a hot path: a plain def runs in the thread pool.
+async def get_cache(request: Request) -> Cache:
     cache: Cache = request.app.state.cache
     return cache
 
 
-def get_purger(request: Request) -> Purger:
+async def get_purger(request: Request) -> Purger:
     purger: Purger = request.app.state.purger
     return purger
 

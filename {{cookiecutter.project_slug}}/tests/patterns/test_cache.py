@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -522,6 +523,56 @@ async def test_a_hung_redis_costs_a_few_timeouts_then_is_skipped(
     # Only the calls before the circuit opened waited for the timeout; the rest never asked.
     assert errors(cache) == 3
     assert outcomes(cache).get("bypass", 0) == 200
+
+
+async def test_a_timeout_caused_by_a_busy_event_loop_is_not_blamed_on_redis(
+    instances: Instances,
+) -> None:
+    """An overloaded process must not open its breaker (and move its load to Postgres) because
+    its own event loop was too busy to read Redis's reply in time."""
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=30)
+    cache = instances.new(timeout=0.1, breaker=breaker)
+    calls = 0
+
+    async def redis_command() -> bytes:
+        # Stands for a GET whose reply is back in 50 ms: Redis is fine.
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.05)
+        return b"reply"
+
+    async def hog_the_loop() -> None:
+        time.sleep(0.3)  # noqa: ASYNC251  # blocking the loop past the timeout is the point
+
+    hog = asyncio.create_task(hog_the_loop())
+    reply = await cache._call("get", redis_command)
+    await hog
+
+    assert reply == b"reply"
+    assert calls == 2  # timed out behind the busy loop, then asked once more
+    [retries] = [
+        sample.value
+        for metric in cache.metrics.busy_retries.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    ]
+    assert retries == 1
+    assert errors(cache) == 0
+    assert not breaker.is_open  # one counted failure would have opened it
+
+
+async def test_a_slow_redis_on_an_idle_loop_is_a_failure(instances: Instances) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=30)
+    cache = instances.new(timeout=0.05, breaker=breaker)
+
+    async def hung_redis() -> bytes:
+        await asyncio.sleep(1)
+        return b"too late"
+
+    assert (await cache._call("get", hung_redis)).__class__.__name__ == "_Failed"
+    assert errors(cache) == 1
+    assert breaker.is_open
 
 
 def test_the_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
