@@ -87,12 +87,13 @@ async def run_asyncio_load(
     )
 
 
-_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
 def _wrk_ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value.strip()).groups()  # type: ignore[union-attr]
-    return float(number) * _WRK_UNITS[unit]
+    # wrk switches to minutes past 60 s; a latency it could not measure is reported as 0.
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value.strip())
+    return float(match.group(1)) * _WRK_UNITS[match.group(2)] if match else 0.0
 
 
 def run_wrk(

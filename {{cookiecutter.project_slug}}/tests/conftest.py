@@ -135,12 +135,14 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str) -> Settings:
+def settings(database_url: str, redis_url: str, worker_id: str) -> Settings:
     return Settings(
         _env_file=None,
         environment="test",
         database_url=database_url,
         redis_url=redis_url,
+        # Runs and workers share one Redis but not one database: their caches must not meet.
+        cache_key_prefix=run_database_name("cache", worker_id),
     )
 
 
@@ -186,7 +188,10 @@ async def app_client(
 ) -> AsyncIterator[AsyncClient]:
     """The real app (real lifespan, real Postgres and Redis) with its sessions kept inside the
     test's transaction."""
-    app = create_app(settings)
+    # A cache namespace per test: rows written straight into the test's transaction (and
+    # rolled back after it) never meet values another test cached.
+    prefix = f"{settings.cache_key_prefix}:{secrets.token_hex(4)}"
+    app = create_app(settings.model_copy(update={"cache_key_prefix": prefix}))
     async with LifespanManager(app):
         app.state.sessionmaker = sessionmaker
         transport = ASGITransport(app=app, raise_app_exceptions=False)
@@ -211,7 +216,7 @@ async def committed_database_url(worker_id: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def committed_settings(committed_database_url: str, redis_url: str) -> Settings:
+def committed_settings(committed_database_url: str, redis_url: str, worker_id: str) -> Settings:
     return Settings(
         _env_file=None,
         environment="test",
@@ -223,6 +228,7 @@ def committed_settings(committed_database_url: str, redis_url: str) -> Settings:
         db_pool_timeout=60.0,
         secret_key=secrets.token_urlsafe(48),
         log_level="WARNING",
+        cache_key_prefix=run_database_name("committed-cache", worker_id),
     )
 
 
@@ -299,6 +305,7 @@ def live_server(
         "DB_POOL_TIMEOUT": str(settings.db_pool_timeout),
         "SECRET_KEY": settings.secret_key.get_secret_value(),
         "LOG_LEVEL": settings.log_level,
+        "CACHE_KEY_PREFIX": settings.cache_key_prefix,
     }
     log_path = tmp_path_factory.mktemp("live-server") / "server.log"
     app = "{{ cookiecutter.project_slug }}.app:create_app"

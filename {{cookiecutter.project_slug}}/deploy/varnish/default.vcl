@@ -2,21 +2,55 @@ vcl 4.1;
 
 # The edge: a CDN stand-in in front of the gateway (client -> edge -> gateway -> API).
 #
-# For now a pass-through: nothing is cached, every request goes to the gateway. The edge sets
-# the forwarding headers the rest of the chain trusts, and retries safe requests that failed
-# before the app could answer them. Caching by Cache-Control / s-maxage, surrogate keys and
-# purges come with the CDN component.
+# It retries safe requests that failed before the app could answer them (docs/load-balancer.md),
+# and caches what the API declares shareable and nothing else (docs/cdn.md):
+# - a response is stored only when its Cache-Control says `public` or `s-maxage` and says none
+#   of `private`, `no-store`, `no-cache`, and it sets no cookie. The TTL is `s-maxage` (Varnish
+#   reads it before `max-age`), the grace is `stale-while-revalidate` (also read natively):
+#   past the TTL, one background fetch refreshes the object while everyone gets the stale one;
+# - a request with credentials (Authorization, Cookie) is never looked up in the cache nor
+#   stored into it: its answer is the caller's own;
+# - concurrent misses for one object wait for one backend fetch (Varnish's waiting list): the
+#   origin sees one request per object per TTL, however many clients ask;
+# - objects are tagged with the keys of the response's `xkey` header; `PURGE` with an
+#   `xkey-purge: k1 k2` header drops every object tagged with any of them, and is accepted only
+#   from the `purgers` network below.
 #
 # The backend (where the gateway is) differs per environment, so it lives in backend.vcl, found
 # through vcl_path: compose mounts this directory with the backend.vcl next to this file, and
-# `make dev` puts a rendered one first in vcl_path.
+# `make dev` puts a rendered one first in vcl_path. xkey ships in varnish-modules (Debian's
+# `varnish-modules` package; the official varnish image includes it).
+import xkey;
+
 include "backend.vcl";
+
+# Who may purge: the API instances, never the internet. Locally they connect from loopback;
+# compose's backend network is 172.30.0.0/24. In Kubernetes, put the pod network's range here.
+acl purgers {
+    "127.0.0.1";
+    "::1";
+    "172.30.0.0"/24;
+}
 
 sub vcl_recv {
     # The edge's own health, answered here: a health check of the edge must not depend on the
     # API behind it.
     if (req.url == "/.edge/health") {
         return (synth(200, "OK"));
+    }
+
+    if (req.method == "PURGE") {
+        if (client.ip !~ purgers) {
+            return (synth(403, "Purging is not allowed from this address"));
+        }
+        if (req.http.xkey-purge) {
+            set req.http.X-Purged = xkey.purge(req.http.xkey-purge);
+        } elsif (req.http.xkey-softpurge) {
+            set req.http.X-Purged = xkey.softpurge(req.http.xkey-softpurge);
+        } else {
+            return (synth(400, "PURGE needs an xkey-purge or xkey-softpurge header"));
+        }
+        return (synth(200, "Purged"));
     }
 
     # The edge is the first hop we trust, so it states who the client is instead of appending
@@ -30,7 +64,22 @@ sub vcl_recv {
     if (req.http.Upgrade ~ "(?i)websocket") {
         return (pipe);
     }
-    return (pass);
+    if (req.method != "GET" && req.method != "HEAD") {
+        return (pass);
+    }
+    # Credentials mean a user-specific answer: it must never come from, or go into, the
+    # shared cache, whatever headers the origin sends.
+    if (req.http.Authorization || req.http.Cookie) {
+        return (pass);
+    }
+    return (hash);
+}
+
+sub vcl_synth {
+    if (req.method == "PURGE" && req.http.X-Purged) {
+        # How many objects went, for the purge client's log.
+        set resp.http.X-Purged = req.http.X-Purged;
+    }
 }
 
 sub vcl_pipe {
@@ -56,11 +105,48 @@ sub vcl_backend_response {
     } else {
         set beresp.do_stream = false;
     }
+
+    if (bereq.uncacheable) {
+        # A pass (credentials, writes): nothing to decide, nothing is kept.
+        return (deliver);
+    }
+    if (beresp.http.Cache-Control !~ "(?i)(public|s-maxage)"
+        || beresp.http.Cache-Control ~ "(?i)(private|no-store|no-cache)"
+        || beresp.http.Set-Cookie
+        || beresp.http.Vary == "*") {
+        # Not declared shareable: never stored. Remembered as "don't wait for this one" for a
+        # minute, so requests for it go to the origin in parallel instead of queueing.
+        set beresp.uncacheable = true;
+        set beresp.ttl = 60s;
+        return (deliver);
+    }
+    # After TTL + grace, keep the object a while longer to revalidate it with the origin
+    # (If-None-Match with its ETag: a 304 costs the origin no body).
+    set beresp.keep = 10m;
+    if (beresp.http.Content-Type ~ "(?i)json") {
+        # Compressed once here, served compressed to every client that accepts it.
+        set beresp.do_gzip = true;
+    }
+    return (deliver);
 }
 
 sub vcl_backend_error {
     # No response at all from the gateway: retry what is safe to repeat.
     if (bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 2) {
         return (retry);
+    }
+}
+
+sub vcl_deliver {
+    # Purge keys are for the edge; clients need not see them.
+    unset resp.http.xkey;
+    unset resp.http.Surrogate-Key;
+    # Where the answer came from, for people and for the proofs.
+    if (obj.uncacheable) {
+        set resp.http.X-Cache = "PASS";
+    } elsif (obj.hits > 0) {
+        set resp.http.X-Cache = "HIT";
+    } else {
+        set resp.http.X-Cache = "MISS";
     }
 }

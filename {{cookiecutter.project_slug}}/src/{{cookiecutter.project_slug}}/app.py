@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
+from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
 from {{ cookiecutter.project_slug }}.logging import configure_logging
@@ -24,6 +25,7 @@ from {{ cookiecutter.project_slug }}.patterns.access_log import (
     is_acceptable_request_id,
 )
 from {{ cookiecutter.project_slug }}.patterns.graceful import Drain, DrainMiddleware
+from {{ cookiecutter.project_slug }}.patterns.http_cache import install_http_cache
 from {{ cookiecutter.project_slug }}.patterns.metrics import (
     HttpMetrics,
     PrometheusMiddleware,
@@ -46,6 +48,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.redis = redis
+    # The cache has a Redis client of its own: short timeouts, no retries (fail-open).
+    app.state.cache = create_cache(settings, app.state.metrics.registry)
+    app.state.purger = create_purger(settings)
     register_pool_metrics(app.state.metrics.registry, engine)
     log.info("app.started", environment=settings.environment.value)
     try:
@@ -53,6 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with app.state.drain.handle_sigterm():
             yield
     finally:
+        await app.state.purger.aclose()
+        await app.state.cache.aclose()
         await redis.aclose()
         await engine.dispose()
         log.info("app.stopped")
@@ -78,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
 
     # Added innermost first: the request id is bound before the access log and metrics run.
+    # Caching headers innermost: they describe the body exactly as the app produced it.
+    install_http_cache(app)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
     app.add_middleware(AccessLogMiddleware)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +63,38 @@ class Settings(DatabaseSettings):
     redis_url: str = Field(description="redis://host:6379/0")
     redis_socket_timeout: float = Field(default=0.5, gt=0)
 
+    # Application cache (patterns/cache.py). Empty CACHE_REDIS_URL: the cache uses REDIS_URL.
+    # A separate Redis in production lets the cache evict (allkeys-lru) while the broker's
+    # Redis never does (noeviction).
+    cache_redis_url: str = ""
+    # The kill switch: false serves every read from the database (and the benchmark's baseline).
+    cache_enabled: bool = True
+    # Bump the version to drop every cached value at once (a change of meaning, not of shape:
+    # shape changes get new keys by themselves).
+    cache_key_prefix: str = "{{ cookiecutter.project_slug }}:v1"
+    # Per Redis call, waiting for a pooled connection included; past it the request is served
+    # from the database and the breaker counts a failure. An asyncio timeout also measures
+    # event-loop lag, so keep it above the p99 lag of a busy instance.
+    cache_timeout: float = Field(default=0.25, gt=0)
+    # Connections per process to the cache Redis; a burst queues for one. Few is faster than
+    # many: Redis answers in microseconds, and every new connection costs a handshake.
+    cache_max_connections: int = Field(default=20, ge=1)
+    # How long a loader may hold a key's lease; waiters on other instances poll for its value
+    # for at most CACHE_WAIT_TIMEOUT, then load themselves.
+    cache_lease_ttl: float = Field(default=5.0, gt=0)
+    cache_wait_timeout: float = Field(default=2.0, gt=0)
+    # TTLs are shortened by up to this fraction, at random, so keys filled together do not
+    # all expire together.
+    cache_ttl_jitter: float = Field(default=0.1, ge=0, lt=1)
+    # Consecutive Redis failures that open the circuit, and how long it stays open.
+    cache_breaker_failures: int = Field(default=5, ge=1)
+    cache_breaker_reset_seconds: float = Field(default=5.0, gt=0)
+
+    # CDN purges (patterns/cdn_purge.py): comma-separated edge URLs that accept PURGE
+    # (Varnish nodes). Empty: no edge to purge.
+    cdn_purge_urls: str = ""
+    cdn_purge_timeout: float = Field(default=2.0, gt=0)
+
     # Each dependency check in /readyz gets this long before it counts as down.
     readiness_timeout: float = Field(default=1.0, gt=0)
 
@@ -85,11 +117,14 @@ class Settings(DatabaseSettings):
     access_token_ttl_seconds: int = Field(default=3600, ge=60)
     jwt_issuer: str = "{{ cookiecutter.project_slug }}"
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "cache_redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
+    def _redis_scheme(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "cache_redis_url" and not value:
+            return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+            name = (info.field_name or "redis_url").upper()
+            raise ValueError(f"{name} must be a redis://, rediss:// or unix:// URL")
         return value
 
     @model_validator(mode="after")
@@ -108,3 +143,11 @@ class Settings(DatabaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment is Environment.development
+
+    @property
+    def cache_redis(self) -> str:
+        return self.cache_redis_url or self.redis_url
+
+    @property
+    def cdn_purge_endpoints(self) -> list[str]:
+        return [url.strip() for url in self.cdn_purge_urls.split(",") if url.strip()]

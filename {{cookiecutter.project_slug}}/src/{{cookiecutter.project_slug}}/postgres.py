@@ -3,6 +3,9 @@
 The request decides when to commit: :func:`get_db_session` opens one session per request,
 commits it after the endpoint returns and *before* the response is sent (``scope="function"``),
 and rolls back on any error. Services and repositories only ``flush()``.
+
+Side effects a request registers with ``on_commit`` (cache invalidation, CDN purges) run right
+after that commit and before the response; a rollback discards them (patterns/on_commit.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from {{ cookiecutter.project_slug }}.caching import bind_invalidation
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.patterns.on_commit import run_after_commit
 
 
 def create_engine(settings: Settings, *, application_name: str = "api") -> AsyncEngine:
@@ -47,6 +52,9 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as session:
+        # What this request's writes invalidate goes through the app's cache and edge clients.
+        state = request.app.state
+        bind_invalidation(session, getattr(state, "cache", None), getattr(state, "purger", None))
         try:
             yield session
         except BaseException:
@@ -54,6 +62,8 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
+            # After the commit, before the response: a 2xx means caches and edge are clean.
+            await run_after_commit(session)
 
 
 # scope="function": the commit happens before the response leaves, so a client never sees a

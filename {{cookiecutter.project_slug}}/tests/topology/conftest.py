@@ -67,6 +67,8 @@ async def start_stack(slot: dict[str, str], worker_id: str) -> tuple[LocalStack,
         **os.environ,
         **slot,
         "DATABASE_URL": await recreate_database(database),
+        # The stack's own cache namespace, as it has its own database.
+        "CACHE_KEY_PREFIX": database,
         "LOG_LEVEL": "INFO",
     }
     stack = LocalStack.start(PROJECT_DIR, env, instances=INSTANCES)

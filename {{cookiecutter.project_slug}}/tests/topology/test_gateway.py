@@ -94,8 +94,8 @@ async def test_the_edge_passes_every_request_to_an_instance(stack: LocalStack) -
         statuses = [(await client.get("/healthz")).status_code for _ in range(20)]
     after = sum([await requests_served(url, "/healthz") for url in instances])
     assert statuses == [200] * 20
-    # A pass-through edge: nothing cached yet, so all 20 reached the API (caching comes with
-    # the CDN component, and then only for responses that say they may be shared).
+    # /healthz says private, no-store (as every route without a public policy does), so the
+    # edge keeps nothing and all 20 reached the API.
     assert after - before == 20
 
 

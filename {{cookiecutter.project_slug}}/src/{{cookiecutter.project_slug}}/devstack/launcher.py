@@ -93,6 +93,9 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         # Locally everything is on loopback: the gateway connects from 127.0.0.1.
         env.setdefault("FORWARDED_ALLOW_IPS", "127.0.0.1")
         env["API_HOST"] = "127.0.0.1"
+        if edge and not env.get("CDN_PURGE_URLS"):
+            # The instances purge the local edge after product writes (docs/cdn.md).
+            env["CDN_PURGE_URLS"] = f"http://127.0.0.1:{stack.edge_port}"
         os.environ.update(env)
         configure_logging(Settings())
         # Once, before any instance starts: N instances racing to migrate would collide.

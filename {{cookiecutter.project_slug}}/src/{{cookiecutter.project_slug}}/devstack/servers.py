@@ -121,7 +121,10 @@ def _run(command: list[str], what: str) -> None:
         raise ServerUnavailable(f"{what} failed (exit {result.returncode}): {output}")
 
 
-def start_postgres(base_dir: Path, *, port: int | None = None) -> RunningServer:
+def start_postgres(
+    base_dir: Path, *, port: int | None = None, parameters: Mapping[str, str] | None = None
+) -> RunningServer:
+    """``parameters``: extra server settings (``-c name=value``), e.g. preloaded libraries."""
     initdb = find_postgres_binary("initdb")
     pg_ctl = find_postgres_binary("pg_ctl")
     if not initdb or not pg_ctl:
@@ -143,6 +146,7 @@ def start_postgres(base_dir: Path, *, port: int | None = None) -> RunningServer:
         f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
     )
+    options += "".join(f" -c {name}={value}" for name, value in (parameters or {}).items())
     start_command = [*prefix, pg_ctl, "-D", str(data_dir), "-l", str(log_file), "-o", options]
     _run([*start_command, "-w", "-t", "60", "start"], f"starting Postgres (log: {log_file})")
     pid_file = data_dir / "postmaster.pid"

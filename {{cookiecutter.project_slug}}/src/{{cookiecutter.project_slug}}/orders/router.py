@@ -6,12 +6,16 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Response, status
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
+from {{ cookiecutter.project_slug }}.caching import AppCache
 from {{ cookiecutter.project_slug }}.orders import service
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderRead, OrderSummary
+from {{ cookiecutter.project_slug }}.patterns.http_cache import PRIVATE_NO_STORE, cache_policy
 from {{ cookiecutter.project_slug }}.patterns.keyset import Page
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+# A user's orders are theirs alone: no cache between them and the API may keep a copy (this is
+# also the default for any route without a policy; said here because it matters here).
+router = APIRouter(prefix="/orders", tags=["orders"], dependencies=[cache_policy(PRIVATE_NO_STORE)])
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -54,11 +58,12 @@ async def place_order(
 @router.get("")
 async def list_orders(
     session: DbSession,
+    cache: AppCache,
     user: CurrentUser,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
 ) -> Page[OrderSummary]:
-    return await service.list_orders(session, user, cursor=cursor, limit=limit)
+    return await service.list_orders(session, cache, user, cursor=cursor, limit=limit)
 
 
 @router.get("/{order_id}", responses={404: {"description": "No such order *of yours*."}})

@@ -22,6 +22,7 @@ import orjson
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from {{ cookiecutter.project_slug }}.caching import invalidate_after_commit
 from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
 from {{ cookiecutter.project_slug }}.models import Order, User
 from {{ cookiecutter.project_slug }}.orders.repository import (
@@ -30,13 +31,23 @@ from {{ cookiecutter.project_slug }}.orders.repository import (
     newest_first_key,
 )
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine, OrderSummary
+from {{ cookiecutter.project_slug }}.patterns.cache import Cache, CacheRegion
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
 from {{ cookiecutter.project_slug }}.products.repository import (
     InventoryRepository,
     ProductRepository,
 )
+from {{ cookiecutter.project_slug }}.products.service import invalidate_products
 
 log = structlog.get_logger(__name__)
+
+# "My orders" is the seed's hot query: cached per user in Redis (never at the edge: it is
+# private), each user's pages one scope that their next order moves on.
+ORDER_SUMMARIES = CacheRegion("order-summaries", Page[OrderSummary], ttl=60, stale_ttl=0)
+
+
+def summaries_scope(user_id: UUID) -> str:
+    return f"orders-of:{user_id}"
 
 
 class InsufficientStock(Conflict):
@@ -122,6 +133,9 @@ async def place_order(
         return await _replay(orders, user, idempotency_key, request_fingerprint)
 
     await orders.add_items(order, [(p, q, prices[p]) for p, q in lines])
+    # After the commit: the stock shown with each product changed, and so did this user's list.
+    invalidate_products(session, [product_id for product_id, _ in lines])
+    invalidate_after_commit(session, scopes=[summaries_scope(user.id)])
 
     inventory = InventoryRepository(session)
     for product_id, quantity in lines:
@@ -161,14 +175,22 @@ async def get_order(session: AsyncSession, user: User, order_id: UUID) -> Order:
 
 
 async def list_orders(
-    session: AsyncSession, user: User, *, cursor: str | None, limit: int
+    session: AsyncSession, cache: Cache, user: User, *, cursor: str | None, limit: int
 ) -> Page[OrderSummary]:
     try:
         after = NEWEST_FIRST.decode(cursor) if cursor else None
     except InvalidCursor as exc:
         raise Unprocessable("The cursor is not valid for this listing.") from exc
-    rows = await OrderRepository(session).list_newest(user.id, after=after, limit=limit)
-    items, next_cursor = NEWEST_FIRST.page(rows, limit, newest_first_key)
-    return Page[OrderSummary](
-        items=[OrderSummary.model_validate(order) for order in items], next_cursor=next_cursor
+
+    async def load() -> Page[OrderSummary]:
+        rows = await OrderRepository(session).list_newest(user.id, after=after, limit=limit)
+        items, next_cursor = NEWEST_FIRST.page(rows, limit, newest_first_key)
+        return Page[OrderSummary](
+            items=[OrderSummary.model_validate(order) for order in items], next_cursor=next_cursor
+        )
+
+    page = await cache.get_or_load(
+        ORDER_SUMMARIES, f"{cursor}:{limit}", load, scope=summaries_scope(user.id)
     )
+    assert page is not None  # a listing always exists, if empty
+    return page

@@ -4,10 +4,17 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import StaffUser
+from {{ cookiecutter.project_slug }}.caching import AppCache
 from {{ cookiecutter.project_slug }}.exceptions import Unprocessable
+from {{ cookiecutter.project_slug }}.patterns.http_cache import (
+    CachePolicy,
+    add_surrogate_keys,
+    cache_policy,
+    conditional,
+)
 from {{ cookiecutter.project_slug }}.patterns.keyset import Page
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 from {{ cookiecutter.project_slug }}.products import service
@@ -17,6 +24,11 @@ router = APIRouter(prefix="/products", tags=["products"])
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+
+# Public and the same for everyone: browsers keep it briefly (they cannot be purged), the edge
+# for five minutes (it is purged on every write), and both serve it stale for a minute while
+# they refetch. Everything else in the API is private, no-store (patterns/http_cache.py).
+CATALOG = CachePolicy.public(max_age=10, s_maxage=300, stale_while_revalidate=60)
 
 
 def _attribute_filter(raw: str | None) -> dict[str, Any] | None:
@@ -43,14 +55,22 @@ async def update_product(
     return await service.update_product(session, product_id, body)
 
 
-@router.get("/{product_id}")
-async def get_product(product_id: UUID, session: DbSession) -> ProductRead:
-    return await service.get_product(session, product_id)
+@router.get("/{product_id}", dependencies=[cache_policy(CATALOG)])
+async def get_product(
+    product_id: UUID, request: Request, session: DbSession, cache: AppCache
+) -> ProductRead:
+    product = await service.get_product(session, cache, product_id)
+    add_surrogate_keys(request, service.product_key(product_id))
+    # A revalidation is answered from the versions, before the body is rendered.
+    conditional(request, etag=service.product_etag(product))
+    return product
 
 
-@router.get("")
+@router.get("", dependencies=[cache_policy(CATALOG)])
 async def list_products(
+    request: Request,
     session: DbSession,
+    cache: AppCache,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     attributes: Annotated[
@@ -62,6 +82,9 @@ async def list_products(
         ),
     ] = None,
 ) -> Page[ProductRead]:
-    return await service.list_products(
-        session, cursor=cursor, limit=limit, attributes=_attribute_filter(attributes)
+    page = await service.list_products(
+        session, cache, cursor=cursor, limit=limit, attributes=_attribute_filter(attributes)
     )
+    keys = (service.product_key(item.id) for item in page.items)
+    add_surrogate_keys(request, service.CATALOG_KEY, *keys)
+    return page

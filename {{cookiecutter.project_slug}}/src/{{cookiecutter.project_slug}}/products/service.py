@@ -1,13 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from uuid import UUID
 
+import orjson
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from {{ cookiecutter.project_slug }}.caching import invalidate_after_commit
 from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
+from {{ cookiecutter.project_slug }}.patterns.cache import Cache, CacheRegion
+from {{ cookiecutter.project_slug }}.patterns.http_cache import make_etag
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
 from {{ cookiecutter.project_slug }}.products.repository import (
     CATALOG_ORDER,
@@ -18,6 +22,38 @@ from {{ cookiecutter.project_slug }}.products.repository import (
 from {{ cookiecutter.project_slug }}.products.schemas import ProductCreate, ProductRead, ProductUpdate
 
 log = structlog.get_logger(__name__)
+
+# The catalog is read far more than it is written, by everyone alike: cached in Redis (and at
+# the edge, see router.py). Writes invalidate after their commit, so the TTLs only bound what
+# a *failed* invalidation could leave behind.
+PRODUCTS = CacheRegion("product", ProductRead, ttl=60, stale_ttl=300, negative_ttl=5)
+CATALOG_PAGES = CacheRegion("catalog-page", Page[ProductRead], ttl=30, stale_ttl=120)
+# Every catalog page is one scope: any product write moves it on (docs/cache.md).
+CATALOG_SCOPE = "catalog"
+# Surrogate keys: a product's own page and every listing that shows it carry product-<id>;
+# every listing carries "catalog" too (a new product changes listings no page of it is on).
+CATALOG_KEY = "catalog"
+
+
+def product_key(product_id: UUID) -> str:
+    return f"product-{product_id}"
+
+
+def product_etag(product: ProductRead) -> str:
+    """A strong ETag from what versions a product's representation: its row's updated_at, its
+    stock (another row) and the schema, without serialising the body."""
+    return make_etag(PRODUCTS.fingerprint, product.id, product.updated_at, product.stock)
+
+
+def invalidate_products(session: AsyncSession, product_ids: Collection[UUID]) -> None:
+    """After this transaction commits: drop these products from Redis and the edge, and every
+    catalog page with them. Anything that changes a product or its stock calls it."""
+    invalidate_after_commit(
+        session,
+        keys={PRODUCTS: [str(product_id) for product_id in product_ids]},
+        scopes=[CATALOG_SCOPE],
+        surrogate_keys=[CATALOG_KEY, *(product_key(product_id) for product_id in product_ids)],
+    )
 
 
 class ProductNotFound(NotFound):
@@ -33,6 +69,8 @@ async def create_product(session: AsyncSession, body: ProductCreate) -> ProductR
     if product is None:
         raise Conflict("A product with this SKU already exists.", sku=body.sku)
     await products.create_inventory(product.id, body.stock)
+    # A "not found" for this id may be cached, and every listing has a new first item.
+    invalidate_products(session, [product.id])
     log.info("product.created", product_id=str(product.id), sku=product.sku, stock=body.stock)
     return ProductRead.from_row(product, body.stock)
 
@@ -54,6 +92,7 @@ async def update_product(
     row = await products.get_with_stock(product_id)
     if row is None:
         raise ProductNotFound()
+    invalidate_products(session, [product_id])
     log.info(
         "product.updated",
         product_id=str(product_id),
@@ -63,15 +102,20 @@ async def update_product(
     return ProductRead.from_row(*row)
 
 
-async def get_product(session: AsyncSession, product_id: UUID) -> ProductRead:
-    row = await ProductRepository(session).get_with_stock(product_id)
-    if row is None:
+async def get_product(session: AsyncSession, cache: Cache, product_id: UUID) -> ProductRead:
+    async def load() -> ProductRead | None:
+        row = await ProductRepository(session).get_with_stock(product_id)
+        return ProductRead.from_row(*row) if row else None
+
+    product = await cache.get_or_load(PRODUCTS, str(product_id), load)
+    if product is None:
         raise ProductNotFound()
-    return ProductRead.from_row(*row)
+    return product
 
 
 async def list_products(
     session: AsyncSession,
+    cache: Cache,
     *,
     cursor: str | None,
     limit: int,
@@ -81,10 +125,19 @@ async def list_products(
         after = CATALOG_ORDER.decode(cursor) if cursor else None
     except InvalidCursor as exc:
         raise Unprocessable("The cursor is not valid for this listing.") from exc
-    rows = await ProductRepository(session).list_newest(
-        after=after, limit=limit, attributes=attributes
-    )
-    items, next_cursor = CATALOG_ORDER.page(rows, limit, catalog_key)
-    return Page[ProductRead](
-        items=[ProductRead.from_row(*row) for row in items], next_cursor=next_cursor
-    )
+
+    async def load() -> Page[ProductRead]:
+        rows = await ProductRepository(session).list_newest(
+            after=after, limit=limit, attributes=attributes
+        )
+        items, next_cursor = CATALOG_ORDER.page(rows, limit, catalog_key)
+        return Page[ProductRead](
+            items=[ProductRead.from_row(*row) for row in items], next_cursor=next_cursor
+        )
+
+    # One entry per distinct request: the filter in canonical form, so key order in the
+    # query string does not split the cache.
+    key = orjson.dumps([cursor, limit, attributes], option=orjson.OPT_SORT_KEYS).decode()
+    page = await cache.get_or_load(CATALOG_PAGES, key, load, scope=CATALOG_SCOPE)
+    assert page is not None  # a listing always exists, if empty
+    return page
