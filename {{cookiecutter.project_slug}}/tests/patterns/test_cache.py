@@ -93,7 +93,7 @@ class ItemTable:
 async def item_engine(worker_id: str) -> AsyncIterator[AsyncEngine]:
     name = run_database_name("cacheproof", worker_id)
     url = await recreate_database(name)
-    engine = create_async_engine(url, pool_size=20, max_overflow=20)
+    engine = create_async_engine(url, pool_size=10, max_overflow=5)
     async with engine.begin() as connection:
         await connection.execute(
             text("CREATE TABLE cache_proof_items (id int PRIMARY KEY, name text, version int)")
@@ -219,13 +219,16 @@ async def test_ttls_carry_downward_jitter(
 ) -> None:
     region = CacheRegion("jittered", Item, ttl=100, stale_ttl=0)
     cache = instances.new(jitter=0.2)
+    started = time.monotonic()
     for item_id in range(40):
         await items.put(item_id, f"item {item_id}")
         await cache.get_or_load(region, str(item_id), items.loader(item_id))
     redis = Redis.from_url(redis_url)
     ttls = [await redis.pttl(cache.key(region, str(item_id))) for item_id in range(40)]
     await redis.aclose()
-    assert all(80_000 - 1_000 <= ttl <= 100_000 for ttl in ttls)
+    # Lower bound: 80% of the TTL, less the time this test itself took (a loaded machine).
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert all(80_000 - elapsed_ms - 100 <= ttl <= 100_000 for ttl in ttls)
     assert max(ttls) - min(ttls) > 5_000  # spread out, not all expiring in the same second
 
 

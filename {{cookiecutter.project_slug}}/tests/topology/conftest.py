@@ -70,6 +70,11 @@ async def start_stack(slot: dict[str, str], worker_id: str) -> tuple[LocalStack,
         # The stack's own cache namespace, as it has its own database.
         "CACHE_KEY_PREFIX": database,
         "LOG_LEVEL": "INFO",
+        # Three instances share the test server with the rest of the suite: small pools keep
+        # the run inside a stock Postgres's 100 connections. The proofs need concurrency
+        # through the gateway, not dozens of connections per instance.
+        "DB_POOL_SIZE": "5",
+        "DB_MAX_OVERFLOW": "3",
     }
     stack = LocalStack.start(PROJECT_DIR, env, instances=INSTANCES)
     return stack, database
