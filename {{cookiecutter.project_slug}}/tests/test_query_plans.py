@@ -180,10 +180,13 @@ async def test_the_hot_query_reads_one_page_of_the_index_and_no_more(
     [scan] = [n for n in plan_guard.walk(document["Plan"]) if "Index Name" in n]
     assert scan["Index Name"] == "ix_orders_user_id_created_at_id"
     assert scan["Node Type"] == "Index Only Scan"
-    # 51 index entries read (one page plus the next-page probe) of the user's 60+, and not
-    # one heap page: every listed column is in the index.
+    # 51 index entries read (one page plus the next-page probe) of the user's 60+: every
+    # listed column is in the index, so the heap is only visited for rows the visibility map
+    # does not yet mark all-visible. That is 0 right after VACUUM on a quiet server; a
+    # long-running transaction elsewhere on the same server can hold VACUUM back, so the bound
+    # is "never more than the page", not 0.
     assert scan["Actual Rows"] == 51
-    assert scan["Heap Fetches"] == 0
+    assert scan["Heap Fetches"] <= scan["Actual Rows"]
 
 
 # --- the guard fails when it should ------------------------------------------------------
