@@ -17,11 +17,13 @@ from prometheus_client import CollectorRegistry
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
+from {{ cookiecutter.project_slug }}.jobs.router import router as jobs_router
 from {{ cookiecutter.project_slug }}.logging import configure_logging
 from {{ cookiecutter.project_slug }}.patterns.access_log import (
     AccessLogMiddleware,
     is_acceptable_request_id,
 )
+from {{ cookiecutter.project_slug }}.patterns.after_commit import celery_publisher
 from {{ cookiecutter.project_slug }}.patterns.metrics import (
     HttpMetrics,
     PrometheusMiddleware,
@@ -29,8 +31,10 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
     register_pool_metrics,
 )
 from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
+from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.redis import create_redis
+from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
 
 log = structlog.get_logger(__name__)
 
@@ -43,11 +47,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.redis = redis
+    # The API only publishes jobs; the broker connection opens on the first one.
+    celery = create_celery(settings)
+    app.state.celery = celery
+    app.state.job_publisher = celery_publisher(celery)
+    stamp_published_messages()
     register_pool_metrics(app.state.metrics.registry, engine)
     log.info("app.started", environment=settings.environment.value)
     try:
         yield
     finally:
+        celery.close()
         await redis.aclose()
         await engine.dispose()
         log.info("app.stopped")
@@ -83,4 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(metrics_router(app.state.metrics.registry))
     app.include_router(auth_router)
+    app.include_router(jobs_router)
     return app

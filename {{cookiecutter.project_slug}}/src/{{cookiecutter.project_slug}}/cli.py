@@ -1,4 +1,4 @@
-"""Command line: ``{{ cookiecutter.project_slug }} serve | migrate | seed | dev``."""
+"""Command line: ``{{ cookiecutter.project_slug }} serve | worker | beat | migrate | seed | dev``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout,
     )
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.worker.main import run_worker
+
+    return run_worker(args.celery_args)
+
+
+def _beat(args: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.worker.main import run_beat
+
+    return run_beat(args.celery_args)
 
 
 def _migrate(_: argparse.Namespace) -> int:
@@ -60,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--graceful-timeout", type=int, default=20)
     serve.set_defaults(handler=_serve)
 
+    worker = commands.add_parser(
+        "worker",
+        help="run a Celery worker (extra options go to `celery worker`, e.g. --concurrency=2)",
+    )
+    worker.set_defaults(handler=_worker, passes_through=True)
+
+    beat = commands.add_parser(
+        "beat", help="run the scheduler (RedBeat: start two, one fires, one stands by)"
+    )
+    beat.set_defaults(handler=_beat, passes_through=True)
+
     commands.add_parser("migrate", help="apply migrations").set_defaults(handler=_migrate)
     commands.add_parser("seed", help="insert sample data").set_defaults(handler=_seed)
 
@@ -67,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8001")))
     dev.set_defaults(handler=_dev)
 
-    args = parser.parse_args(argv)
+    # worker/beat hand every option they do not know to Celery's own command line.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.celery_args = unknown
     handler = args.handler
     result: int = handler(args)
     return result

@@ -3,6 +3,9 @@
 The request decides when to commit: :func:`get_db_session` opens one session per request,
 commits it after the endpoint returns and *before* the response is sent (``scope="function"``),
 and rolls back on any error. Services and repositories only ``flush()``.
+
+Jobs a request enqueues (:data:`Jobs`) wait in the session's buffer and are published right
+after that commit; a rollback discards them (see patterns/after_commit.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.patterns.after_commit import (
+    AfterCommitJobs,
+    jobs_for,
+    publish_committed,
+)
 
 
 def create_engine(settings: Settings, *, application_name: str = "api") -> AsyncEngine:
@@ -54,8 +62,18 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
+            # After the commit, before the response: a 2xx means the job is on the broker.
+            await publish_committed(session)
 
 
 # scope="function": the commit happens before the response leaves, so a client never sees a
 # 2xx for a write that then failed to commit.
 DbSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
+
+
+def get_jobs(request: Request, session: DbSession) -> AfterCommitJobs:
+    return jobs_for(session, request.app.state.job_publisher)
+
+
+# Enqueue background jobs from an endpoint or service; they leave after the commit.
+Jobs = Annotated[AfterCommitJobs, Depends(get_jobs)]

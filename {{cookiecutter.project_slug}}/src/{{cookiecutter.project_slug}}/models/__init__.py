@@ -1,6 +1,20 @@
 """Every ORM model, in one package: one MetaData for Alembic, no import cycles between domains."""
 
 from {{ cookiecutter.project_slug }}.models.base import Base
+from {{ cookiecutter.project_slug }}.models.dead_letter import DeadLetter
+from {{ cookiecutter.project_slug }}.models.idempotency import IdempotencyKey
+from {{ cookiecutter.project_slug }}.models.job import FINISHED, Job, JobResult, JobStatus
+from {{ cookiecutter.project_slug }}.models.notification import Notification
 from {{ cookiecutter.project_slug }}.models.user import User
 
-__all__ = ["Base", "User"]
+__all__ = [
+    "FINISHED",
+    "Base",
+    "DeadLetter",
+    "IdempotencyKey",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "Notification",
+    "User",
+]
