@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from {{ cookiecutter.project_slug }}.devstack.servers import (
     provide_services,
 )
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
+from tests.worker_harness import JobStack, broker_url, requested_brokers, require_broker
 
 _started: list[RunningServer] = []
 _throwaway_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -175,6 +176,55 @@ async def app_client(
     app = create_app(settings)
     async with LifespanManager(app):
         app.state.sessionmaker = sessionmaker
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+# --- Background jobs: real brokers, worker and beat processes (see tests/worker_harness.py) ---
+
+
+@pytest.fixture(scope="session")
+async def jobs_database_url(worker_id: str) -> AsyncIterator[str]:
+    """A database the test shares with worker processes: data is committed, not rolled back,
+    so a worker (another process) can see it. Tests keep apart by using their own keys."""
+    name = run_database_name("jobs", worker_id)
+    url = await recreate_database(name)
+    await anyio.to_thread.run_sync(upgrade_to_head, url)
+    yield url
+    await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+async def jobs_engine(jobs_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(jobs_database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module", params=requested_brokers())
+def job_stack(
+    request: pytest.FixtureRequest,
+    jobs_database_url: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[JobStack]:
+    """An isolated queue on one broker (each module runs once per broker in TEST_BROKERS)."""
+    kind: str = request.param
+    require_broker(kind, broker_url(kind))
+    stack = JobStack(kind, jobs_database_url, redis_url, tmp_path_factory.mktemp(f"jobs-{kind}"))
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+async def live_client(job_stack: JobStack) -> AsyncIterator[AsyncClient]:
+    """The real app on the jobs database, publishing to the stack's queue: its commits are
+    real commits, so the stack's workers see what its requests wrote."""
+    app = create_app(job_stack.settings())
+    async with LifespanManager(app):
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

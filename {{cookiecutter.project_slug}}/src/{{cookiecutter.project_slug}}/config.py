@@ -86,7 +86,7 @@ class Settings(DatabaseSettings):
     job_hard_time_limit: float = Field(default=360.0, gt=0)
     # Redis broker: an unacknowledged message returns to the queue after this long, which is
     # how a job survives a worker that died. Must exceed the longest task and retry delay.
-    celery_visibility_timeout: int = Field(default=3600, ge=10)
+    celery_visibility_timeout: int = Field(default=3600, ge=2)
     # Transient errors only (connection drops, timeouts): retries, then the dead-letter table.
     job_max_retries: int = Field(default=5, ge=0)
     job_retry_backoff_seconds: float = Field(default=2.0, gt=0)

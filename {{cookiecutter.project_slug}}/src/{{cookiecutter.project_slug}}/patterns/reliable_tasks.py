@@ -265,6 +265,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
                 attempt=attempt,
                 duration_ms=round(duration * 1000, 2),
                 queued_ms=_queued_ms(published_at),
+                published_at=published_at,
                 published_by=request.get("published_by"),
             )
             structlog.contextvars.clear_contextvars()
