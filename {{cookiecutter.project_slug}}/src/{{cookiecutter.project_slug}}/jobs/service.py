@@ -24,7 +24,7 @@ async def get_job_for(session: AsyncSession, job_id: UUID, user: User) -> Job:
 async def get_result_for(session: AsyncSession, job_id: UUID, user: User) -> JobResult:
     job = await get_job_for(session, job_id, user)
     if job.status is not JobStatus.succeeded:
-        raise Conflict("The job has not finished yet.", status=job.status.value)
+        raise Conflict("The job has not finished yet.", job_status=job.status.value)
     result = await JobRepository(session).get_result(job.id)
     if result is None:
         raise NotFound("This job's result is no longer kept.")

@@ -63,6 +63,8 @@ class AfterCommitJobs:
         self._publish = publish
         self._pending: list[Job] = []
         self._committed: list[Job] = []
+        # Savepoint -> how many jobs were pending when it began (a released savepoint's
+        # entry stays until the buffer goes: it is never rolled back on its own again).
         self._savepoints: dict[SessionTransaction, int] = {}
 
     def enqueue(self, task: str, /, **kwargs: Any) -> str:
@@ -89,7 +91,7 @@ class AfterCommitJobs:
 
     def _rolled_back(self, transaction: SessionTransaction) -> None:
         if transaction.nested:
-            mark = self._savepoints.get(transaction)
+            mark = self._savepoints.pop(transaction, None)
             if mark is not None:
                 del self._pending[mark:]
             return
@@ -97,9 +99,6 @@ class AfterCommitJobs:
             if self._pending:
                 log.info("jobs.discarded", count=len(self._pending))
             self._pending.clear()
-
-    def _ended(self, transaction: SessionTransaction) -> None:
-        self._savepoints.pop(transaction, None)
 
     # Publishing ----------------------------------------------------------------------------
 
@@ -167,18 +166,12 @@ def _on_commit(session: Session) -> None:
         jobs._committed_outermost()
 
 
+# Fires after the transaction has closed, once per rolled-back transaction (savepoints too).
 @event.listens_for(Session, "after_soft_rollback")
 def _on_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
     jobs = _buffer(session)
     if jobs is not None:
         jobs._rolled_back(previous_transaction)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    jobs = _buffer(session)
-    if jobs is not None:
-        jobs._ended(transaction)
 
 
 def celery_publisher(app: Celery) -> Publish:
