@@ -8,34 +8,48 @@ Isolation: each xdist worker of each run gets its own database, created and migr
 (migrations are the only schema source) and dropped at the end, so two runs on one server never
 meet. Each test runs inside a transaction that is rolled back afterwards; the app's own commits
 become savepoint releases.
+
+Committed data: proofs under concurrency need many connections and real commits, which one
+rolled-back transaction cannot give. ``live_server`` runs the real app under uvicorn in its own
+process on 127.0.0.1, on a second per-worker database; ``committed_engine`` reaches that
+database from the test and empties every table (TRUNCATE) when the test ends.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import anyio.to_thread
 import asyncpg
+import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker as make_sessionmaker
 
 from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.devstack.servers import (
     RunningServer,
     ServerUnavailable,
+    free_port,
     provide_services,
 )
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
+from {{ cookiecutter.project_slug }}.models import Base
 from tests.worker_harness import JobStack, broker_url, requested_brokers, require_broker
 
 _started: list[RunningServer] = []
@@ -179,6 +193,135 @@ async def app_client(
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
+
+
+# --- committed data and a live server, for proofs under real concurrency -------------------
+
+# The live server's pool: enough connections for real contention on one row, few enough that
+# two xdist workers and a developer's own server fit under Postgres's default of 100.
+LIVE_POOL_SIZE = 16
+
+
+@pytest.fixture(scope="session")
+async def committed_database_url(worker_id: str) -> AsyncIterator[str]:
+    name = run_database_name("committed", worker_id)
+    url = await recreate_database(name)
+    await anyio.to_thread.run_sync(upgrade_to_head, url)
+    yield url
+    await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def committed_settings(committed_database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        environment="test",
+        database_url=committed_database_url,
+        redis_url=redis_url,
+        db_pool_size=LIVE_POOL_SIZE,
+        db_max_overflow=0,
+        # Hundreds of requests queue for the pool during a proof; they must wait, not fail.
+        db_pool_timeout=60.0,
+        secret_key=secrets.token_urlsafe(48),
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture(scope="session")
+async def _committed_engine(committed_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(committed_settings.database_url, pool_size=4, max_overflow=0)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def committed_engine(_committed_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """An engine on the committed database; every table is emptied when the test ends."""
+    yield _committed_engine
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    async with _committed_engine.begin() as connection:
+        # A failed proof can leave the server mid-transaction; end those sessions so TRUNCATE
+        # neither waits for them nor deadlocks with them. Idle pooled connections stay.
+        await connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state <> 'idle'"
+            )
+        )
+        await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    base_url: str
+    settings: Settings
+    pid: int
+
+    def auth(self, user_id: UUID) -> dict[str, str]:
+        """Headers for ``user_id``, signed with the server's key (no password hashing: the
+        proofs create hundreds of users)."""
+        token, _ = create_access_token(user_id, self.settings)
+        return {"Authorization": f"Bearer {token}"}
+
+
+def _wait_until_healthy(
+    process: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the live server did not start; its log:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    committed_settings: Settings,
+    committed_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveServer]:
+    """The real app under uvicorn (uvloop, httptools) in its own process on 127.0.0.1, on the
+    committed database: requests travel over real TCP connections and real commits."""
+    settings = committed_settings
+    port = free_port()
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "DB_POOL_SIZE": str(settings.db_pool_size),
+        "DB_MAX_OVERFLOW": str(settings.db_max_overflow),
+        "DB_POOL_TIMEOUT": str(settings.db_pool_timeout),
+        "SECRET_KEY": settings.secret_key.get_secret_value(),
+        "LOG_LEVEL": settings.log_level,
+    }
+    log_path = tmp_path_factory.mktemp("live-server") / "server.log"
+    app = "{{ cookiecutter.project_slug }}.app:create_app"
+    command = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
+    command += ["--no-access-log", "--log-level", "warning", "--backlog", "4096"]
+    # The proofs open every connection first, then race; on a busy machine that can take
+    # longer than uvicorn's default 5 s keep-alive.
+    command += ["--timeout-keep-alive", "120"]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_healthy(process, base_url, log_path)
+        yield LiveServer(base_url=base_url, settings=settings, pid=process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # --- Background jobs: real brokers, worker and beat processes (see tests/worker_harness.py) ---

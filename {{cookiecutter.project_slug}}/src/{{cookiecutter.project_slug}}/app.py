@@ -19,6 +19,7 @@ from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
 from {{ cookiecutter.project_slug }}.jobs.router import router as jobs_router
 from {{ cookiecutter.project_slug }}.logging import configure_logging
+from {{ cookiecutter.project_slug }}.orders.router import router as orders_router
 from {{ cookiecutter.project_slug }}.patterns.access_log import (
     AccessLogMiddleware,
     is_acceptable_request_id,
@@ -33,6 +34,7 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
 from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
+from {{ cookiecutter.project_slug }}.products.router import router as products_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
 
@@ -94,4 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router(app.state.metrics.registry))
     app.include_router(auth_router)
     app.include_router(jobs_router)
+    app.include_router(products_router)
+    app.include_router(orders_router)
     return app

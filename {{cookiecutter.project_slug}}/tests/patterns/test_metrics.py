@@ -27,6 +27,9 @@ async def test_metrics_expose_in_flight_requests_and_the_db_pool(app_client: Asy
 
 async def test_raw_ids_never_become_labels(app_client: AsyncClient) -> None:
     await app_client.get("/products/123e4567-e89b-12d3-a456-426614174000")
+    await app_client.get("/no-such-thing/223e4567-e89b-12d3-a456-426614174000")
     text = (await app_client.get("/metrics")).text
     assert "123e4567" not in text
+    assert "223e4567" not in text
+    assert 'route="/products/{product_id}"' in text
     assert 'route="<unmatched>"' in text

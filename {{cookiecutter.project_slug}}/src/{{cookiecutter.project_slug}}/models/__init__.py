@@ -5,6 +5,8 @@ from {{ cookiecutter.project_slug }}.models.dead_letter import DeadLetter
 from {{ cookiecutter.project_slug }}.models.idempotency import IdempotencyKey
 from {{ cookiecutter.project_slug }}.models.job import FINISHED, Job, JobResult, JobStatus
 from {{ cookiecutter.project_slug }}.models.notification import Notification
+from {{ cookiecutter.project_slug }}.models.order import Order, OrderItem, OrderStatus
+from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
 from {{ cookiecutter.project_slug }}.models.user import User
 
 __all__ = [
@@ -12,9 +14,14 @@ __all__ = [
     "Base",
     "DeadLetter",
     "IdempotencyKey",
+    "Inventory",
     "Job",
     "JobResult",
     "JobStatus",
     "Notification",
+    "Order",
+    "OrderItem",
+    "OrderStatus",
+    "Product",
     "User",
 ]

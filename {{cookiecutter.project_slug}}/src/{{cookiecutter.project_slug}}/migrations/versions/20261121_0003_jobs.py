@@ -1,7 +1,7 @@
 """jobs: job status and results, dead letters, idempotency keys, the notification outbox
 
 Revision ID: 20261121_0003
-Revises: 20261121_0001
+Revises: 20261121_0002
 Create Date: 2026-11-21
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "20261121_0003"
-down_revision: str | None = "20261121_0001"
+down_revision: str | None = "20261121_0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,132 @@
+"""Order SQL. Every read on a request path (and the scheduler's queue) is a registered hot
+query: the plan guard (tests/test_query_plans.py) proves each is served by an index."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Select, literal, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from {{ cookiecutter.project_slug }}.models import Order, OrderItem, OrderStatus
+from {{ cookiecutter.project_slug }}.patterns.keyset import Keyset
+from {{ cookiecutter.project_slug }}.patterns.plan_guard import hot_query
+
+# Newest first; with user_id in front, served by ix_orders_user_id_created_at_id.
+NEWEST_FIRST = Keyset((Order.created_at, Order.id))
+
+
+@hot_query("orders.newest_for_user", forbid_sort=True)
+def newest_for_user(user_id: UUID, after: Sequence[Any] | None, limit: int) -> Select[Order]:
+    """The seed's hot query: ``WHERE user_id = ? ORDER BY created_at DESC LIMIT 50``, plus the
+    id tie-breaker and the keyset seek. An index scan, backwards, that stops after the page."""
+    return NEWEST_FIRST.paginate(select(Order).where(Order.user_id == user_id), after, limit)
+
+
+@hot_query("orders.get_for_user")
+def order_for_user(order_id: UUID, user_id: UUID) -> Select[Order]:
+    # The owner is part of the lookup, so another user's order is indistinguishable from a
+    # missing one (404 either way: ids do not leak).
+    return select(Order).where(Order.id == order_id, Order.user_id == user_id)
+
+
+@hot_query("orders.items")
+def items_of(order_ids: Collection[UUID]) -> Select[OrderItem]:
+    return (
+        select(OrderItem)
+        .where(OrderItem.order_id.in_(order_ids))
+        .order_by(OrderItem.order_id, OrderItem.product_id)
+    )
+
+
+@hot_query("orders.by_idempotency_key")
+def by_idempotency_key(user_id: UUID, key: str) -> Select[Order]:
+    return select(Order).where(Order.user_id == user_id, Order.idempotency_key == key)
+
+
+@hot_query("orders.pending_oldest_first", forbid_sort=True)
+def pending_oldest_first(placed_before: datetime, limit: int) -> Select[UUID]:
+    """The scheduler's queue (expire unpaid orders), served by the partial index."""
+    # The status is inlined, not bound: Postgres uses a partial index only when the plan
+    # proves its predicate, and a generic plan for "status = $1" (what a prepared statement
+    # settles on after five runs) cannot.
+    pending = literal(OrderStatus.pending, Order.status.type, literal_execute=True)
+    return (
+        select(Order.id)
+        .where(Order.status == pending, Order.created_at < placed_before)
+        .order_by(Order.created_at)
+        .limit(limit)
+    )
+
+
+class OrderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def insert(
+        self,
+        *,
+        user_id: UUID,
+        total_cents: int,
+        idempotency_key: str | None,
+        request_fingerprint: str | None,
+    ) -> Order | None:
+        """Insert an order; ``None`` when this user already used ``idempotency_key``.
+
+        ON CONFLICT lets the unique index decide. A concurrent request holding the same key
+        makes this statement wait until that request's transaction ends: when it committed,
+        this returns ``None`` and the caller reads the winner's order; when it rolled back,
+        this insert goes ahead. Never two orders for one key.
+        """
+        statement = insert(Order).values(
+            user_id=user_id,
+            total_cents=total_cents,
+            idempotency_key=idempotency_key,
+            request_fingerprint=request_fingerprint,
+        )
+        if idempotency_key is not None:
+            statement = statement.on_conflict_do_nothing(
+                index_elements=[Order.user_id, Order.idempotency_key],
+                index_where=Order.idempotency_key.is_not(None),
+            )
+        return (await self.session.execute(statement.returning(Order))).scalar_one_or_none()
+
+    async def add_items(self, order: Order, lines: Sequence[tuple[UUID, int, int]]) -> None:
+        """Insert the order's lines (product, quantity, unit price) and attach them."""
+        items = [
+            OrderItem(order_id=order.id, product_id=product, quantity=qty, unit_price_cents=price)
+            for product, qty, price in lines
+        ]
+        self.session.add_all(items)
+        await self.session.flush()
+        set_committed_value(order, "items", sorted(items, key=lambda item: item.product_id))
+
+    async def load_items(self, orders: Sequence[Order]) -> None:
+        """Attach the items of ``orders`` with one query (relationships are lazy="raise")."""
+        by_order: dict[UUID, list[OrderItem]] = {order.id: [] for order in orders}
+        if by_order:
+            for item in (await self.session.execute(items_of(list(by_order)))).scalars():
+                by_order[item.order_id].append(item)
+        for order in orders:
+            set_committed_value(order, "items", by_order[order.id])
+
+    async def get_for_user(self, order_id: UUID, user_id: UUID) -> Order | None:
+        return (await self.session.execute(order_for_user(order_id, user_id))).scalar_one_or_none()
+
+    async def get_by_idempotency_key(self, user_id: UUID, key: str) -> Order | None:
+        result = await self.session.execute(by_idempotency_key(user_id, key))
+        return result.scalar_one_or_none()
+
+    async def list_newest(
+        self, user_id: UUID, *, after: Sequence[Any] | None, limit: int
+    ) -> list[Order]:
+        return list((await self.session.execute(newest_for_user(user_id, after, limit))).scalars())
+
+
+def newest_first_key(order: Order) -> tuple[datetime, UUID]:
+    return order.created_at, order.id

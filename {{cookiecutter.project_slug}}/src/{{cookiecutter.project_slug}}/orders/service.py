@@ -1,0 +1,174 @@
+"""Placing and reading orders.
+
+Placing an order is one transaction (the request's): insert the order row (where the
+Idempotency-Key's unique index decides about retries), insert its lines, then take each
+product's stock with one conditional UPDATE, in product-id order. Any failure raises, and the
+request rolls the whole transaction back: an order never exists without its lines or its stock.
+
+Stock is taken last on purpose: the UPDATE locks the product's inventory row until the commit,
+and every other buyer of that product queues behind the lock. With nothing left to do between
+the UPDATE and the COMMIT, the queue moves as fast as Postgres can commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
+from uuid import UUID
+
+import orjson
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
+from {{ cookiecutter.project_slug }}.models import Order, User
+from {{ cookiecutter.project_slug }}.orders.repository import (
+    NEWEST_FIRST,
+    OrderRepository,
+    newest_first_key,
+)
+from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine, OrderSummary
+from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
+from {{ cookiecutter.project_slug }}.products.repository import (
+    InventoryRepository,
+    ProductRepository,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class InsufficientStock(Conflict):
+    title: ClassVar[str] = "Insufficient Stock"
+
+    def __init__(self, product_id: UUID, requested: int) -> None:
+        super().__init__(
+            "Not enough stock for this order; nothing was charged or reserved.",
+            product_id=str(product_id),
+            requested=requested,
+        )
+
+
+class UnknownProducts(Unprocessable):
+    def __init__(self, product_ids: list[UUID]) -> None:
+        super().__init__(
+            "The order names products that do not exist.",
+            product_ids=[str(product_id) for product_id in product_ids],
+        )
+
+
+class IdempotencyKeyReused(Unprocessable):
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used with a different request body; "
+            "use a new key for a new order."
+        )
+
+
+class OrderNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("No order with this id.")
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order: Order
+    # True when the Idempotency-Key matched an earlier request: nothing new was written.
+    replayed: bool
+
+
+def merge_lines(lines: list[OrderLine]) -> list[tuple[UUID, int]]:
+    """One line per product, sorted by product id.
+
+    The sort is the lock order: every transaction takes inventory row locks in the same
+    order, so two orders over overlapping products wait for each other instead of deadlocking.
+    """
+    quantities: Counter[UUID] = Counter()
+    for line in lines:
+        quantities[line.product_id] += line.quantity
+    return sorted(quantities.items())
+
+
+def fingerprint(lines: list[tuple[UUID, int]]) -> str:
+    """The request as the service understands it: same products and quantities, same
+    fingerprint, whatever the order or splitting of the lines in the body."""
+    canonical = orjson.dumps([[str(product_id), quantity] for product_id, quantity in lines])
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def place_order(
+    session: AsyncSession, user: User, body: OrderCreate, idempotency_key: str | None
+) -> PlacedOrder:
+    lines = merge_lines(body.items)
+    request_fingerprint = fingerprint(lines) if idempotency_key is not None else None
+
+    # Prices are read once and captured on the lines, so the total and the lines agree even
+    # if a price changes while the order is placed.
+    prices = await ProductRepository(session).prices([product_id for product_id, _ in lines])
+    unknown = [product_id for product_id, _ in lines if product_id not in prices]
+    if unknown:
+        raise UnknownProducts(unknown)
+
+    orders = OrderRepository(session)
+    order = await orders.insert(
+        user_id=user.id,
+        total_cents=sum(prices[product_id] * quantity for product_id, quantity in lines),
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+    )
+    if order is None:
+        assert idempotency_key is not None  # only a keyed insert can conflict
+        return await _replay(orders, user, idempotency_key, request_fingerprint)
+
+    await orders.add_items(order, [(p, q, prices[p]) for p, q in lines])
+
+    inventory = InventoryRepository(session)
+    for product_id, quantity in lines:
+        if await inventory.take(product_id, quantity) is None:
+            log.info("order.rejected", reason="insufficient_stock", product_id=str(product_id))
+            raise InsufficientStock(product_id, quantity)
+    log.info(
+        "order.placed",
+        order_id=str(order.id),
+        user_id=str(user.id),
+        lines=len(lines),
+        total_cents=order.total_cents,
+    )
+    return PlacedOrder(order=order, replayed=False)
+
+
+async def _replay(
+    orders: OrderRepository, user: User, key: str, request_fingerprint: str | None
+) -> PlacedOrder:
+    existing = await orders.get_by_idempotency_key(user.id, key)
+    if existing is None:  # the winner's order was deleted in between: rare, and retryable
+        raise Conflict("A request with this Idempotency-Key is being processed; retry.")
+    if existing.request_fingerprint != request_fingerprint:
+        raise IdempotencyKeyReused()
+    await orders.load_items([existing])
+    log.info("order.replayed", order_id=str(existing.id), user_id=str(user.id))
+    return PlacedOrder(order=existing, replayed=True)
+
+
+async def get_order(session: AsyncSession, user: User, order_id: UUID) -> Order:
+    orders = OrderRepository(session)
+    order = await orders.get_for_user(order_id, user.id)
+    if order is None:
+        raise OrderNotFound()
+    await orders.load_items([order])
+    return order
+
+
+async def list_orders(
+    session: AsyncSession, user: User, *, cursor: str | None, limit: int
+) -> Page[OrderSummary]:
+    try:
+        after = NEWEST_FIRST.decode(cursor) if cursor else None
+    except InvalidCursor as exc:
+        raise Unprocessable("The cursor is not valid for this listing.") from exc
+    rows = await OrderRepository(session).list_newest(user.id, after=after, limit=limit)
+    items, next_cursor = NEWEST_FIRST.page(rows, limit, newest_first_key)
+    return Page[OrderSummary](
+        items=[OrderSummary.model_validate(order) for order in items], next_cursor=next_cursor
+    )

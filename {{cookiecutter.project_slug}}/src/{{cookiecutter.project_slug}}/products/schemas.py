@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from {{ cookiecutter.project_slug }}.models import Product
+
+# Generous, but bounded: a price or a stock figure outside these is a typo, not a product.
+MAX_PRICE_CENTS = 10**10
+MAX_STOCK = 10**9
+
+
+class ProductCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, max_length=200)
+    price_cents: int = Field(ge=0, le=MAX_PRICE_CENTS)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    stock: int = Field(default=0, ge=0, le=MAX_STOCK)
+
+
+class ProductUpdate(BaseModel):
+    """Fields to change; the SKU is the merchant's key and never changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    price_cents: int | None = Field(default=None, ge=0, le=MAX_PRICE_CENTS)
+    attributes: dict[str, Any] | None = None
+    # A delta, not an absolute value: "set stock to 10" would overwrite the sales made
+    # between the stocktake and the request; "+10" composes with them.
+    stock_delta: int | None = Field(default=None, ge=-MAX_STOCK, le=MAX_STOCK)
+
+
+class ProductRead(BaseModel):
+    id: UUID
+    sku: str
+    name: str
+    price_cents: int
+    attributes: dict[str, Any]
+    stock: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, product: Product, stock: int) -> ProductRead:
+        return cls(
+            id=product.id,
+            sku=product.sku,
+            name=product.name,
+            price_cents=product.price_cents,
+            attributes=product.attributes,
+            stock=stock,
+            created_at=product.created_at,
+            updated_at=product.updated_at,
+        )
