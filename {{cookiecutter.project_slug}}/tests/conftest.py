@@ -17,6 +17,7 @@ database from the test and empties every table (TRUNCATE) when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -35,13 +36,15 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
+from kombu import Connection
+from redis import Redis as SyncRedis
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker as make_sessionmaker
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
-from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings
 from {{ cookiecutter.project_slug }}.devstack.servers import (
     RunningServer,
     ServerUnavailable,
@@ -73,7 +76,31 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TEST_RUN_ID", secrets.token_hex(3))
 
 
+def unconsumed_jobs_namespace() -> dict[str, str]:
+    """Where apps under test publish jobs that no worker consumes (the job proofs start
+    their own workers on queues of their own): one queue and key prefix per run, removed
+    when the run ends, so nothing piles up in a shared Redis."""
+    run = os.environ["TEST_RUN_ID"]
+    return {"celery_queue": f"test-{run}", "celery_broker_key_prefix": f"test-{run}:"}
+
+
+def _forget_unconsumed_jobs() -> None:
+    namespace = unconsumed_jobs_namespace()
+    with SyncRedis.from_url(os.environ["REDIS_URL"]) as client:
+        for key in client.scan_iter(match=f"{namespace['celery_broker_key_prefix']}*", count=500):
+            client.delete(key)
+    broker = os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
+    if broker.startswith("amqp"):  # RabbitMQ keeps durable queues: delete ours
+        with Connection(broker, connect_timeout=3) as connection:
+            channel: Any = connection.default_channel
+            channel.queue_delete(namespace["celery_queue"])
+            channel.exchange_delete(namespace["celery_queue"])
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and "REDIS_URL" in os.environ:
+        with contextlib.suppress(Exception):  # never hide the run's own result
+            _forget_unconsumed_jobs()
     for server in reversed(_started):
         server.stop()
     if _throwaway_dir is not None:
@@ -142,6 +169,8 @@ def settings(database_url: str, redis_url: str) -> Settings:
         environment="test",
         database_url=database_url,
         redis_url=redis_url,
+        celery_queue=unconsumed_jobs_namespace()["celery_queue"],
+        celery_broker_key_prefix=unconsumed_jobs_namespace()["celery_broker_key_prefix"],
     )
 
 
@@ -224,6 +253,8 @@ def committed_settings(committed_database_url: str, redis_url: str) -> Settings:
         db_pool_timeout=60.0,
         secret_key=secrets.token_urlsafe(48),
         log_level="WARNING",
+        celery_queue=unconsumed_jobs_namespace()["celery_queue"],
+        celery_broker_key_prefix=unconsumed_jobs_namespace()["celery_broker_key_prefix"],
     )
 
 
@@ -300,6 +331,8 @@ def live_server(
         "DB_POOL_TIMEOUT": str(settings.db_pool_timeout),
         "SECRET_KEY": settings.secret_key.get_secret_value(),
         "LOG_LEVEL": settings.log_level,
+        "CELERY_QUEUE": settings.celery_queue,
+        "CELERY_BROKER_KEY_PREFIX": settings.celery_broker_key_prefix,
     }
     log_path = tmp_path_factory.mktemp("live-server") / "server.log"
     app = "{{ cookiecutter.project_slug }}.app:create_app"

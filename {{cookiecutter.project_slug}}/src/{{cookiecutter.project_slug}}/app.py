@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.to_thread
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
@@ -36,7 +38,8 @@ from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_publis
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
-from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
+from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
+from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery, warm_up
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +57,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = celery
     app.state.job_publisher = celery_publisher(celery)
     stamp_published_messages()
+    # Connect to the broker now rather than in the first request that enqueues a job; but a
+    # broker that is down (or hangs) must not hold the API's start-up: publishes retry.
+    with anyio.move_on_after(settings.readiness_timeout * 2):
+        try:
+            await anyio.to_thread.run_sync(warm_up, celery, abandon_on_cancel=True)
+        except Exception as exc:
+            log.warning("jobs.broker_unreachable", error_type=type(exc).__name__)
     register_pool_metrics(app.state.metrics.registry, engine)
     log.info("app.started", environment=settings.environment.value)
     try:
@@ -98,4 +108,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(products_router)
     app.include_router(orders_router)
+    app.include_router(reports_router)
     return app

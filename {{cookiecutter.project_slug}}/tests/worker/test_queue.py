@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.worker.helpers import eventually, rows, scalar
 from tests.worker.proof_tasks import deliveries_key
 from tests.worker_harness import CeleryProcess, JobStack, metric_value
 
@@ -31,26 +29,6 @@ BACKOFF_BASE = 0.25  # JOB_RETRY_BACKOFF_SECONDS
 @pytest.fixture(scope="module")
 def workers(job_stack: JobStack) -> list[CeleryProcess]:
     return job_stack.start_workers(2)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
-    """Poll ``check`` until it holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return time.monotonic() - started
-
-
-async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
-    async with engine.connect() as connection:
-        return (await connection.execute(text(sql), params)).scalar()
-
-
-async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:
-    async with engine.connect() as connection:
-        return list((await connection.execute(text(sql), params)).all())
 
 
 def deliveries(workers: list[CeleryProcess], task: str) -> dict[str, float]:

@@ -4,6 +4,7 @@ from datetime import datetime
 from uuid import UUID
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.models import (
@@ -12,6 +13,7 @@ from {{ cookiecutter.project_slug }}.models import (
     IdempotencyKey,
     Job,
     JobResult,
+    JobStatus,
     Notification,
 )
 
@@ -25,6 +27,57 @@ class JobRepository:
 
     async def get_result(self, job_id: UUID) -> JobResult | None:
         return await self.session.get(JobResult, job_id)
+
+    async def start(self, job_id: UUID) -> Job | None:
+        """Mark a delivery as started; None when the job already finished (a duplicate).
+
+        A job still "running" may be started again: that is a redelivery after its worker
+        died, and the run it replaces will never finish.
+        """
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((JobStatus.queued, JobStatus.running)))
+            .values(
+                status=JobStatus.running,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, func.now()),
+            )
+            .returning(Job)
+        )
+        return (await self.session.scalars(statement)).one_or_none()
+
+    async def set_progress(self, job_id: UUID, percent: int) -> None:
+        await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(progress=min(max(percent, 0), 100))
+        )
+
+    async def finish(
+        self, job_id: UUID, *, filename: str, content_type: str, content: bytes
+    ) -> bool:
+        """Store the result and mark the job succeeded, once: False if it already was."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(status=JobStatus.succeeded, progress=100, finished_at=func.now())
+            .returning(Job.id)
+        )
+        if (await self.session.execute(statement)).scalar_one_or_none() is None:
+            return False
+        await self.session.execute(
+            insert(JobResult)
+            .values(job_id=job_id, filename=filename, content_type=content_type, content=content)
+            .on_conflict_do_nothing(index_elements=[JobResult.job_id])
+        )
+        return True
+
+    async def fail(self, job_id: UUID, error: str) -> None:
+        await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.not_in(FINISHED))
+            .values(status=JobStatus.failed, error=error, finished_at=func.now())
+        )
 
     async def list_dead_letters(
         self, *, limit: int, include_requeued: bool, before: datetime | None

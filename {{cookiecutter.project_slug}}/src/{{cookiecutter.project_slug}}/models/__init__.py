@@ -7,11 +7,13 @@ from {{ cookiecutter.project_slug }}.models.job import FINISHED, Job, JobResult,
 from {{ cookiecutter.project_slug }}.models.notification import Notification
 from {{ cookiecutter.project_slug }}.models.order import Order, OrderItem, OrderStatus
 from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
+from {{ cookiecutter.project_slug }}.models.revenue import DailyRevenue
 from {{ cookiecutter.project_slug }}.models.user import User
 
 __all__ = [
     "FINISHED",
     "Base",
+    "DailyRevenue",
     "DeadLetter",
     "IdempotencyKey",
     "Inventory",

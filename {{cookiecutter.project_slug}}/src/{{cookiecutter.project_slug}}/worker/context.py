@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from uuid import UUID
 
 from celery import Celery
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
 from {{ cookiecutter.project_slug }}.models import DeadLetter
 from {{ cookiecutter.project_slug }}.notifications.notifier import Notifier, create_notifier
 from {{ cookiecutter.project_slug }}.patterns.after_commit import (
@@ -101,3 +103,10 @@ class WorkerContextFactory:
                     },
                 )
             )
+            # Convention: a task that reports progress in the jobs table takes `job_id`;
+            # a client polling it learns the job failed instead of waiting forever.
+            job_id = record.kwargs.get("job_id")
+            if isinstance(job_id, str):
+                await JobRepository(session).fail(
+                    UUID(job_id), f"{record.error_type}: {record.error}"[:2000]
+                )

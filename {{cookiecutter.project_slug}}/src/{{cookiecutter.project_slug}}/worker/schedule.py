@@ -23,5 +23,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": max(seconds * EXPIRES_AFTER_INTERVALS, 10.0)},
         }
 
+    every(
+        "expire-unpaid-orders",
+        "orders.expire_unpaid",
+        settings.schedule_expire_unpaid_orders_seconds,
+    )
+    every(
+        "revenue-rollup", "reports.rollup_daily_revenue", settings.schedule_revenue_rollup_seconds
+    )
     every("cleanup-stale-data", "jobs.cleanup_stale_data", settings.schedule_cleanup_seconds)
     return entries

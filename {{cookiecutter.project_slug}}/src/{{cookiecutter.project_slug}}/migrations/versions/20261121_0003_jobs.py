@@ -1,4 +1,5 @@
-"""jobs: job status and results, dead letters, idempotency keys, the notification outbox
+"""jobs: job status and results, dead letters, idempotency keys, the notification outbox,
+daily revenue, and a BRIN index for reading orders by time
 
 Revision ID: 20261121_0003
 Revises: 20261121_0002
@@ -152,9 +153,27 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_job_results")),
     )
+    op.create_table(
+        "daily_revenue",
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("orders", sa.Integer(), nullable=False),
+        sa.Column("revenue_cents", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("day", name=op.f("pk_daily_revenue")),
+    )
+    op.create_index(
+        "ix_orders_created_at_brin", "orders", ["created_at"], unique=False, postgresql_using="brin"
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_orders_created_at_brin", table_name="orders", postgresql_using="brin")
+    op.drop_table("daily_revenue")
     op.drop_table("job_results")
     op.drop_index(op.f("ix_jobs_requested_by_id"), table_name="jobs")
     op.drop_index(
