@@ -157,12 +157,16 @@ async def test_expiring_unpaid_orders_during_a_stream_of_new_orders_keeps_stock_
     buyer, product_id = await buyer_and_product(jobs_engine, job_stack, stock=stock)
     rng = random.Random(7)
 
+    # Eight in flight at most: within the app's connection pool, on a busy 2-core machine.
+    in_flight = asyncio.Semaphore(8)
+
     async def place(quantity: int) -> dict[str, Any]:
-        response = await live_client.post(
-            "/orders",
-            json={"items": [{"product_id": str(product_id), "quantity": quantity}]},
-            headers=buyer.headers,
-        )
+        async with in_flight:
+            response = await live_client.post(
+                "/orders",
+                json={"items": [{"product_id": str(product_id), "quantity": quantity}]},
+                headers=buyer.headers,
+            )
         assert response.status_code == 201, response.text
         body: dict[str, Any] = response.json()
         return body

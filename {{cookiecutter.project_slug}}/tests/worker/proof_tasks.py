@@ -71,3 +71,14 @@ async def needs_fix(ctx: WorkerContext, *, key: str) -> str:
             )
         )
     return "done"
+
+
+@job("proof.overrun")
+async def overrun(ctx: WorkerContext, *, key: str, seconds: float, blocking: bool) -> None:
+    """Runs past the time limits: awaiting (the soft limit cancels it) or blocking the event
+    loop (only the hard limit, a kill from the parent process, can stop it)."""
+    await ctx.redis.rpush(f"proof:{key}:attempts", "1")
+    if blocking:
+        time.sleep(seconds)  # noqa: ASYNC251  # blocking on purpose: only the hard limit stops it
+    else:
+        await asyncio.sleep(seconds)

@@ -250,6 +250,39 @@ async def test_bad_input_is_dead_lettered_at_once_without_retries(
     assert job_stack.redis().llen(f"proof:{key}:attempts") == 1
 
 
+@pytest.mark.parametrize(
+    ("blocking", "error_type"),
+    [(False, "SoftTimeLimitExceeded"), (True, "TimeLimitExceeded")],
+)
+async def test_a_job_over_its_time_limit_is_stopped_and_dead_lettered(
+    job_stack: JobStack,
+    workers: list[CeleryProcess],
+    jobs_engine: AsyncEngine,
+    blocking: bool,
+    error_type: str,
+) -> None:
+    key = f"overrun-{secrets.token_hex(4)}"
+    # 10 s against limits of 4 s (soft, inside the job) and 5 s (hard, the parent kills it).
+    task_id = job_stack.send("proof.overrun", key=key, seconds=10.0, blocking=blocking)
+
+    async def dead_lettered() -> bool:
+        found = await scalar(
+            jobs_engine, "SELECT count(*) FROM dead_letters WHERE task_id = :id", id=task_id
+        )
+        return int(found) == 1
+
+    took = await eventually(dead_lettered, within=30, what="the overrun's dead letter")
+    found = await scalar(
+        jobs_engine, "SELECT error_type FROM dead_letters WHERE task_id = :id", id=task_id
+    )
+    print(f"\n[{job_stack.broker}] {error_type} dead-lettered after {took:.1f}s")  # noqa: T201
+    assert found == error_type
+    assert took < 9.0  # stopped by its limit, not by finishing
+    # Not retried and not redelivered: one attempt, and the workers carry on.
+    await asyncio.sleep(1.0)
+    assert job_stack.redis().llen(f"proof:{key}:attempts") == 1
+
+
 async def staff_token(client: AsyncClient, engine: AsyncEngine) -> str:
     email = f"admin-{secrets.token_hex(4)}@example.com"
     password = "correct horse battery staple"
