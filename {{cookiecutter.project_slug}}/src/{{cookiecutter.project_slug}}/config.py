@@ -112,6 +112,9 @@ class Settings(DatabaseSettings):
     expire_unpaid_batch_size: int = Field(default=500, ge=1)
     # Finished jobs, delivered notifications and used idempotency keys older than this go.
     stale_data_retention_days: float = Field(default=30.0, gt=0)
+    # A job row still "queued" this long after it was requested lost its message (the API
+    # died between commit and publish): the cleanup job sends it again.
+    job_requeue_after_minutes: float = Field(default=15.0, gt=0)
     # Days the revenue roll-up recomputes on each run (today, yesterday, ...).
     revenue_rollup_lookback_days: int = Field(default=2, ge=1)
     # Pause between the days of a sales report: spreads a big report's reads on the primary.

@@ -15,7 +15,7 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from {{ cookiecutter.project_slug }}.models import Order, OrderItem, OrderStatus
+from {{ cookiecutter.project_slug }}.models import Job, JobStatus, Order, OrderItem, OrderStatus
 from tests.factories import make_product, make_user
 from tests.worker.helpers import eventually, finished, rows
 from tests.worker_harness import CeleryProcess, JobStack
@@ -173,3 +173,31 @@ async def test_the_revenue_rollup_run_twice_changes_nothing(
     assert second_run == first_run
     changed = [e for e in finished(workers, task) if e.get("outcome") == "succeeded"]
     assert len(changed) >= 2
+
+
+async def test_a_report_whose_message_was_lost_is_sent_again_by_the_cleanup_job(
+    job_stack: JobStack, workers: list[CeleryProcess], jobs_engine: AsyncEngine
+) -> None:
+    day = date(2001, 1, 1) + timedelta(days=random.randrange(8000))
+    async with AsyncSession(jobs_engine, expire_on_commit=False) as session:
+        # Committed an hour ago, never published: the API died between commit and publish.
+        job = Job(
+            kind="reports.sales_report",
+            params={"start": day.isoformat(), "end": day.isoformat()},
+            created_at=datetime.now(UTC) - timedelta(hours=1),
+        )
+        session.add(job)
+        await session.commit()
+
+    job_stack.send("jobs.cleanup_stale_data")
+
+    async def succeeded() -> bool:
+        async with AsyncSession(jobs_engine) as session:
+            found = await session.get(Job, job.id)
+            return found is not None and found.status is JobStatus.succeeded
+
+    await eventually(succeeded, within=30, what="the re-sent report")
+    async with AsyncSession(jobs_engine) as session:
+        found = await session.get(Job, job.id)
+        assert found is not None
+        assert found.attempts == 1

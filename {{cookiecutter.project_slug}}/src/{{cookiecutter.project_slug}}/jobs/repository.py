@@ -99,6 +99,18 @@ class JobRepository:
         )
         return (await self.session.scalars(statement)).one_or_none()
 
+    async def stalled(self, queued_before: datetime, limit: int = 500) -> list[Job]:
+        """Jobs still queued since before ``queued_before`` (their message was lost)."""
+        # Few rows are ever queued for long, and finished ones are deleted by age: the scan
+        # stays small without an index of its own.
+        statement = (
+            select(Job)
+            .where(Job.status == JobStatus.queued, Job.created_at < queued_before)
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+        return list((await self.session.scalars(statement)).all())
+
     async def delete_stale(self, cutoff: datetime) -> dict[str, int]:
         """Forget what is older than ``cutoff``: finished jobs, used keys, delivered
         notifications and dead letters already re-enqueued."""
