@@ -80,11 +80,8 @@ async def _place_demo_orders(session: AsyncSession) -> int:
     if await session.scalar(select(Order.id).where(Order.user_id == demo.id).limit(1)):
         return 0
     skus = {sku for lines in DEMO_ORDERS for sku, _ in lines}
-    ids = dict(
-        (
-            await session.execute(select(Product.sku, Product.id).where(Product.sku.in_(skus)))
-        ).tuples()
-    )
+    rows = await session.execute(select(Product.sku, Product.id).where(Product.sku.in_(skus)))
+    ids = dict(rows.all())
     # Sample orders have nobody to confirm them to: their jobs are buffered and dropped.
     confirm_nothing = AfterCommitJobs(lambda job, headers: None)
     for lines in DEMO_ORDERS:

@@ -110,6 +110,12 @@ async def test_staff_update_fields_and_adjust_stock_by_a_delta(
     body = response.json()
     assert (body["price_cents"], body["attributes"], body["stock"]) == (1200, {"color": "blue"}, 8)
 
+    unchanged = await app_client.patch(
+        f"/products/{product.id}", json={"name": None, "attributes": None}, headers=staff.headers
+    )
+    assert unchanged.status_code == 200
+    assert unchanged.json()["attributes"] == {"color": "blue"}
+
     missing = await app_client.patch(
         f"/products/{uuid4()}", json={"stock_delta": 1}, headers=staff.headers
     )

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, literal, select
+from sqlalchemy import Row, Select, literal, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -21,11 +21,22 @@ from {{ cookiecutter.project_slug }}.patterns.plan_guard import hot_query
 NEWEST_FIRST = Keyset((Order.created_at, Order.id))
 
 
+SummaryRow = Row[UUID, OrderStatus, int, datetime]
+
+
 @hot_query("orders.newest_for_user", forbid_sort=True)
-def newest_for_user(user_id: UUID, after: Sequence[Any] | None, limit: int) -> Select[Order]:
+def newest_for_user(
+    user_id: UUID, after: Sequence[Any] | None, limit: int
+) -> Select[UUID, OrderStatus, int, datetime]:
     """The seed's hot query: ``WHERE user_id = ? ORDER BY created_at DESC LIMIT 50``, plus the
-    id tie-breaker and the keyset seek. An index scan, backwards, that stops after the page."""
-    return NEWEST_FIRST.paginate(select(Order).where(Order.user_id == user_id), after, limit)
+    id tie-breaker and the keyset seek. A backward index-only scan that stops after the page.
+
+    Only the listed columns: every one is in the index, and no ORM objects are built for rows
+    that are only serialised."""
+    statement = select(Order.id, Order.status, Order.total_cents, Order.created_at).where(
+        Order.user_id == user_id
+    )
+    return NEWEST_FIRST.paginate(statement, after, limit)
 
 
 @hot_query("orders.get_for_user")
@@ -124,9 +135,9 @@ class OrderRepository:
 
     async def list_newest(
         self, user_id: UUID, *, after: Sequence[Any] | None, limit: int
-    ) -> list[Order]:
-        return list((await self.session.execute(newest_for_user(user_id, after, limit))).scalars())
+    ) -> list[SummaryRow]:
+        return list(await self.session.execute(newest_for_user(user_id, after, limit)))
 
 
-def newest_first_key(order: Order) -> tuple[datetime, UUID]:
-    return order.created_at, order.id
+def newest_first_key(row: SummaryRow) -> tuple[datetime, UUID]:
+    return row.created_at, row.id

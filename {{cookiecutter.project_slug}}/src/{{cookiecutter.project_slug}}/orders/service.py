@@ -155,7 +155,7 @@ async def _replay(
 ) -> PlacedOrder:
     existing = await orders.get_by_idempotency_key(user.id, key)
     if existing is None:  # the winner's order was deleted in between: rare, and retryable
-        raise Conflict("A request with this Idempotency-Key is being processed; retry.")
+        raise Conflict("The order placed with this Idempotency-Key is gone; retry.")
     if existing.request_fingerprint != request_fingerprint:
         raise IdempotencyKeyReused()
     await orders.load_items([existing])

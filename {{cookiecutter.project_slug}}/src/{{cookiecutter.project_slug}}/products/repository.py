@@ -28,10 +28,10 @@ def newest_products(after: Sequence[Any] | None, limit: int) -> Select[Product, 
     return CATALOG_ORDER.paginate(statement, after, limit)
 
 
-# A Sort is allowed here: for a selective filter the planner rightly collects the matches
-# from the GIN index and sorts those few; for a common one it walks the created_at index and
-# filters. Either way no table scan.
-@hot_query("products.newest_matching")
+# For a selective filter the planner collects the few matches from the GIN index and sorts
+# them; for a common one it walks the created_at index and filters. The guard accepts both:
+# no table scan, and an ordered path exists.
+@hot_query("products.newest_matching", forbid_sort=True)
 def newest_products_matching(
     attributes: Mapping[str, Any], after: Sequence[Any] | None, limit: int
 ) -> Select[Product, int]:

@@ -24,7 +24,8 @@ class ProductCreate(BaseModel):
 
 
 class ProductUpdate(BaseModel):
-    """Fields to change; the SKU is the merchant's key and never changes."""
+    """Fields to change (absent or null: unchanged); the SKU is the merchant's key and never
+    changes."""
 
     model_config = ConfigDict(extra="forbid")
 

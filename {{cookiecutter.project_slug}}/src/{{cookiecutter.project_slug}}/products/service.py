@@ -41,7 +41,8 @@ async def update_product(
     session: AsyncSession, product_id: UUID, body: ProductUpdate
 ) -> ProductRead:
     products = ProductRepository(session)
-    fields = body.model_dump(exclude_unset=True, exclude={"stock_delta"})
+    # null means "leave as is": every column here is NOT NULL.
+    fields = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"stock_delta"})
     if fields and (await products.update_fields(product_id, fields)) is None:
         raise ProductNotFound()
     if body.stock_delta:

@@ -96,7 +96,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_orders")),
     )
-    op.create_index("ix_orders_user_id_created_at_id", "orders", ["user_id", "created_at", "id"])
+    op.create_index(
+        "ix_orders_user_id_created_at_id",
+        "orders",
+        ["user_id", "created_at", "id"],
+        postgresql_include=["status", "total_cents"],
+    )
     op.create_index(
         "ix_orders_pending_created_at",
         "orders",
