@@ -109,19 +109,29 @@ class AfterCommitJobs:
             return 0
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         headers = {"request_id": str(request_id)} if request_id else {}
-        sent = 0
-        for job in jobs:
-            try:
-                await anyio.to_thread.run_sync(self._publish, job, headers)
-            except Exception:
-                # The data is committed; failing the response now would lie to the client.
-                # The broker client already retried; say exactly what was lost.
-                log.exception(
-                    "jobs.publish_failed", task=job.task, task_id=job.task_id, kwargs=job.kwargs
-                )
-            else:
-                sent += 1
-        return sent
+
+        def publish_all() -> list[tuple[Job, BaseException]]:
+            failed: list[tuple[Job, BaseException]] = []
+            for job in jobs:
+                try:
+                    self._publish(job, headers)
+                except Exception as exc:
+                    failed.append((job, exc))
+            return failed
+
+        # One trip to a worker thread for the whole batch.
+        failed = await anyio.to_thread.run_sync(publish_all)
+        for job, exc in failed:
+            # The data is committed; failing the response now would lie to the client. The
+            # broker client already retried: say exactly what was lost.
+            log.error(
+                "jobs.publish_failed",
+                task=job.task,
+                task_id=job.task_id,
+                kwargs=job.kwargs,
+                exc_info=exc,
+            )
+        return len(jobs) - len(failed)
 
 
 def jobs_for(session: AsyncSession | Session, publish: Publish | None = None) -> AfterCommitJobs:
