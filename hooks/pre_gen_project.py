@@ -59,7 +59,9 @@ def slug_problem(slug: str) -> str | None:
             "(for example 'acme_shop')."
         )
     if keyword.iskeyword(slug):
-        return f"project_slug {slug!r} is a Python keyword; pick another name, such as '{slug}_api'."
+        return (
+            f"project_slug {slug!r} is a Python keyword; pick another name, such as '{slug}_api'."
+        )
     if slug in sys.stdlib_module_names:
         return (
             f"project_slug {slug!r} is the name of a standard-library module and would "

@@ -36,8 +36,9 @@ def main() -> int:
             if new == old:
                 continue
             relative = path.relative_to(baked)
-            source = PROJECT / Path(*[PLACEHOLDER.replace(" ", "") if part == SLUG else part
-                                      for part in relative.parts])
+            source = PROJECT / Path(
+                *[PLACEHOLDER.replace(" ", "") if part == SLUG else part for part in relative.parts]
+            )
             if OTHER_JINJA.search(source.read_text()):
                 skipped.append(str(relative))
                 continue

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.loadgen import LoadResult, run_load
+from bench.loadgen import LoadResult, client_name, run_load
 
 RESULTS = Path(__file__).parent / "results" / "http_core.json"
 SERVER = """
@@ -63,10 +63,10 @@ def measure(loop: str, http: str, duration: float) -> LoadResult:
         server.wait(timeout=30)
 
 
-def main(duration: float = 5.0) -> dict[str, float]:
+def main(duration: float = 5.0) -> dict[str, object]:
     fast = measure("uvloop", "httptools", duration)
     plain = measure("asyncio", "h11", duration)
-    results = {
+    results: dict[str, object] = {
         "uvloop_httptools_rps": round(fast.rps, 1),
         "uvloop_httptools_p99_ms": fast.p99_ms,
         "asyncio_h11_rps": round(plain.rps, 1),
@@ -74,13 +74,14 @@ def main(duration: float = 5.0) -> dict[str, float]:
         "speedup": round(fast.rps / plain.rps, 2) if plain.rps else 0.0,
         "errors": fast.errors + plain.errors,
         "duration_s": duration,
+        "client": client_name(),
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'server':<22}{'req/s':>10}{'p99 ms':>10}")
     print(f"{'uvloop + httptools':<22}{fast.rps:>10.0f}{fast.p99_ms:>10.2f}")
     print(f"{'asyncio + h11':<22}{plain.rps:>10.0f}{plain.p99_ms:>10.2f}")
-    print(f"speedup x{results['speedup']}  ->  {RESULTS}")
+    print(f"speedup x{results['speedup']} (client: {client_name()})  ->  {RESULTS}")
     return results
 
 

@@ -1,15 +1,20 @@
-"""A small keep-alive HTTP/1.1 load generator for the benchmarks.
+"""Load generation for the benchmarks: wrk when installed, else a small asyncio client.
 
-Why hand-written: wrk is not on every machine and httpx spends more CPU per request than the
-server under test. This client pre-encodes one request, keeps ``connections`` sockets open
-and reads responses by Content-Length, so it costs little next to the server. It shares the
-machine with the server, so compare figures from the same run (ratios), not across machines.
+wrk (C, multi-threaded) costs the least CPU per request, so the server under test gets most of
+the machine. Without it, :func:`run_asyncio_load` is the fallback: hand-written because httpx
+spends more CPU per request than the server under test; it pre-encodes one request, keeps
+``connections`` sockets open and reads responses by Content-Length. Either way the client
+shares the machine with the server: compare figures from the same run (ratios), not across
+machines. :func:`run_load` picks the best available.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -39,7 +44,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_load(
+async def run_asyncio_load(
     host: str,
     port: int,
     path: str,
@@ -80,3 +85,73 @@ async def run_load(
         p50_ms=round(statistics.median(ordered) * 1000, 3) if ordered else 0.0,
         p99_ms=round(p99 * 1000, 3),
     )
+
+
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _wrk_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value.strip()).groups()  # type: ignore[union-attr]
+    return float(number) * _WRK_UNITS[unit]
+
+
+def run_wrk(
+    host: str,
+    port: int,
+    path: str,
+    *,
+    connections: int = 32,
+    duration: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> LoadResult:
+    wrk = shutil.which("wrk")
+    assert wrk, "wrk is not installed"
+    command = [wrk, "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run(  # noqa: S603
+        [*command, f"http://{host}:{port}{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", output).group(1))  # type: ignore[union-attr]
+    seconds = duration
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    return LoadResult(
+        requests=requests,
+        errors=errors,
+        seconds=requests / rps if rps else seconds,
+        p50_ms=_wrk_ms(re.search(r"50%\s+(\S+)", output).group(1)),  # type: ignore[union-attr]
+        p99_ms=_wrk_ms(re.search(r"99%\s+(\S+)", output).group(1)),  # type: ignore[union-attr]
+    )
+
+
+async def run_load(
+    host: str,
+    port: int,
+    path: str,
+    *,
+    connections: int = 32,
+    duration: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> LoadResult:
+    """wrk when it is installed (cheapest client), else the asyncio client."""
+    if shutil.which("wrk"):
+        return await asyncio.to_thread(
+            run_wrk, host, port, path, connections=connections, duration=duration, headers=headers
+        )
+    return await run_asyncio_load(
+        host, port, path, connections=connections, duration=duration, headers=headers
+    )
+
+
+def client_name() -> str:
+    return "wrk" if shutil.which("wrk") else "asyncio"

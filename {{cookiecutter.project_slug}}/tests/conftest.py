@@ -343,7 +343,7 @@ def live_server(
     # longer than uvicorn's default 5 s keep-alive.
     command += ["--timeout-keep-alive", "120"]
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(process, base_url, log_path)
@@ -373,7 +373,9 @@ async def jobs_database_url(worker_id: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def jobs_engine(jobs_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(jobs_database_url)
+    # The tests read one thing at a time; Postgres connections are a budget shared with
+    # every server these tests start.
+    engine = create_async_engine(jobs_database_url, pool_size=2, max_overflow=2)
     yield engine
     await engine.dispose()
 

@@ -172,6 +172,10 @@ class JobStack:
             "CELERY_BROKER_KEY_PREFIX": f"proof-{self.tag}:",
             "BEAT_KEY_PREFIX": f"proof-{self.tag}:beat",
             "PYTHONUNBUFFERED": "1",
+            # The in-process API of the proofs (live_client): a small pool, as Postgres's
+            # connections are shared with every other server of the run.
+            "DB_POOL_SIZE": "4",
+            "DB_MAX_OVERFLOW": "4",
             **self.extra_env,
         }
         return env
@@ -195,7 +199,7 @@ class JobStack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log_file:
-            return subprocess.Popen(  # noqa: S603  # our own interpreter and CLI
+            return subprocess.Popen(  # our own interpreter and CLI
                 [sys.executable, "-m", "{{ cookiecutter.project_slug }}", *argv],
                 cwd=PROJECT_ROOT,
                 env=env,

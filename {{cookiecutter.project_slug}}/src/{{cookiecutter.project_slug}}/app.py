@@ -27,6 +27,7 @@ from {{ cookiecutter.project_slug }}.patterns.access_log import (
     is_acceptable_request_id,
 )
 from {{ cookiecutter.project_slug }}.patterns.after_commit import celery_publisher
+from {{ cookiecutter.project_slug }}.patterns.graceful import Drain, DrainMiddleware
 from {{ cookiecutter.project_slug }}.patterns.metrics import (
     HttpMetrics,
     PrometheusMiddleware,
@@ -67,7 +68,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     register_pool_metrics(app.state.metrics.registry, engine)
     log.info("app.started", environment=settings.environment.value)
     try:
-        yield
+        # SIGTERM: fail readiness, keep serving DRAIN_SECONDS, then let the server stop.
+        with app.state.drain.handle_sigterm():
+            yield
     finally:
         celery.close()
         await redis.aclose()
@@ -90,10 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = HttpMetrics(CollectorRegistry())
+    app.state.drain = Drain(settings.drain_seconds)
 
     install_problem_handlers(app)
 
     # Added innermost first: the request id is bound before the access log and metrics run.
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(

@@ -1,9 +1,15 @@
-"""Command line: ``{{ cookiecutter.project_slug }} serve | worker | beat | migrate | seed | dev``."""
+"""Command line: ``{{ cookiecutter.project_slug }} serve | migrate | seed | dev | worker | beat | healthcheck``.
+
+The container image runs this as its entrypoint, so one image serves every role: ``api`` (an
+alias of ``serve``), ``worker``, ``beat`` and ``migrate``; ``healthcheck`` is what its
+HEALTHCHECK and the Kubernetes probes of the non-HTTP roles call.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 
 from {{ cookiecutter.project_slug }}.config import DatabaseSettings, Settings
@@ -14,7 +20,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from {{ cookiecutter.project_slug }}.logging import configure_logging
 
-    configure_logging(Settings())
+    settings = Settings()
+    configure_logging(settings)
     uvicorn.run(
         "{{ cookiecutter.project_slug }}.app:create_app",
         factory=True,
@@ -25,7 +32,13 @@ def _serve(args: argparse.Namespace) -> int:
         http="httptools",
         access_log=False,  # the app writes its own structured access log
         log_config=None,  # keep the structlog configuration
-        timeout_graceful_shutdown=args.graceful_timeout,
+        # X-Forwarded-For / -Proto are believed only from the gateway, so the app sees the real
+        # client and scheme and nobody else can claim to be someone else.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        # After the drain (patterns/graceful.py): how long in-flight requests get to finish.
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout),
     )
     return 0
 
@@ -59,17 +72,32 @@ def _seed(_: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from {{ cookiecutter.project_slug }}.devstack.launcher import run_dev
 
-    return run_dev(api_port=args.port)
+    return run_dev(instances=args.instances, seed=args.seed)
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.worker.heartbeat import heartbeat_is_fresh
+
+    if args.role == "api":
+        import urllib.request
+
+        port = int(os.environ.get("API_PORT", "8001"))
+        url = f"http://127.0.0.1:{port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:  # local http
+                return 0 if reply.status == 200 else 1
+        except OSError:
+            return 1
+    return 0 if heartbeat_is_fresh(args.role) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="{{ cookiecutter.project_slug }}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run one API instance")
+    serve = commands.add_parser("serve", aliases=["api"], help="run one API instance")
     serve.add_argument("--host", default=os.environ.get("API_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8001")))
-    serve.add_argument("--graceful-timeout", type=int, default=20)
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser(
@@ -87,8 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("seed", help="insert sample data").set_defaults(handler=_seed)
 
     dev = commands.add_parser("dev", help="run the local stack (no Docker needed)")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8001")))
+    dev.add_argument(
+        "--instances", type=int, default=None, help="API instances (default: API_INSTANCES or 2)"
+    )
+    dev.add_argument("--no-seed", dest="seed", action="store_false", help="skip sample data")
     dev.set_defaults(handler=_dev)
+
+    check = commands.add_parser("healthcheck", help="exit 0 when this container's role is healthy")
+    check.add_argument("role", nargs="?", default="api", choices=["api", "worker", "beat"])
+    check.set_defaults(handler=_healthcheck)
 
     # worker/beat hand every option they do not know to Celery's own command line.
     args, unknown = parser.parse_known_args(argv)

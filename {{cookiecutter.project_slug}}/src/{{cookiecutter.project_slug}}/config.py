@@ -70,6 +70,21 @@ class Settings(DatabaseSettings):
     # Each dependency check in /readyz gets this long before it counts as down.
     readiness_timeout: float = Field(default=1.0, gt=0)
 
+    # Graceful shutdown behind a load balancer (patterns/graceful.py). After SIGTERM readiness
+    # fails at once and the instance keeps serving for DRAIN_SECONDS, longer than the gateway's
+    # health-check interval plus timeout (2 s in deploy/traefik), so the load balancer takes
+    # it out of rotation before it stops listening.
+    drain_seconds: float = Field(default=5.0, ge=0)
+    # Then the server stops accepting and gives in-flight requests this long to finish.
+    graceful_timeout: float = Field(default=10.0, gt=0)
+    # Peers allowed to set X-Forwarded-For / X-Forwarded-Proto: the gateway only (comma-separated
+    # IPs or CIDRs). Anyone else's forwarded headers are ignored, so the client address and
+    # scheme the app sees cannot be spoofed.
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Longer than the gateway's idle timeout for upstream connections (30 s in deploy/traefik):
+    # the gateway closes an idle keep-alive connection, never the app while the gateway reuses it.
+    keep_alive_timeout: int = Field(default=65, ge=1)
+
     secret_key: SecretStr = SecretStr(DEV_SECRET)
     access_token_ttl_seconds: int = Field(default=3600, ge=60)
     jwt_issuer: str = "{{ cookiecutter.project_slug }}"
@@ -91,6 +106,8 @@ class Settings(DatabaseSettings):
     job_max_retries: int = Field(default=5, ge=0)
     job_retry_backoff_seconds: float = Field(default=2.0, gt=0)
     job_retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    # Prefork processes per worker (each runs one job at a time); `--concurrency` overrides.
+    worker_concurrency: int = Field(default=2, ge=1)
     # Prometheus endpoint of each worker process tree; 0 turns it off.
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     # 0.0.0.0 in a container, so Prometheus can reach it; loopback on a laptop.

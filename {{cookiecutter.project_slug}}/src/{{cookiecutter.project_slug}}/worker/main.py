@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_init
+from celery.signals import beat_init, setup_logging, worker_init, worker_ready, worker_shutdown
 
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.logging import configure_logging
@@ -28,6 +28,7 @@ from {{ cookiecutter.project_slug }}.patterns.task_metrics import (
 )
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContextFactory
+from {{ cookiecutter.project_slug }}.worker.heartbeat import Heartbeat
 
 
 def _use_our_logging(settings: Settings) -> None:
@@ -93,11 +94,22 @@ def run_worker(extra_args: list[str]) -> int:
 
         worker_init.connect(start_metrics_server, weak=False)
 
+    # Healthy (for the container's health check) once connected and consuming.
+    heartbeat = Heartbeat("worker")
+    worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
+    worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
+
+    concurrency = (
+        []
+        if any(a.startswith(("-c", "--concurrency")) for a in extra_args)
+        else [f"--concurrency={settings.worker_concurrency}"]
+    )
     app.worker_main(
         [
             "worker",
             "--pool=prefork",
             "--loglevel=INFO",
+            *concurrency,
             # Gossip and mingle chat with every other worker on the broker at start-up and
             # afterwards; nothing here needs them.
             "--without-gossip",
@@ -114,5 +126,12 @@ def run_beat(extra_args: list[str]) -> int:
     app.set_current()
     _use_our_logging(settings)
     stamp_published_messages()
-    app.start(["beat", "--loglevel=INFO", *extra_args])
+    # Connected before RedBeat's own beat_init receiver, which blocks a standby beat until it
+    # gets the lock: a standby is healthy, it is waiting on purpose.
+    heartbeat = Heartbeat("beat")
+    beat_init.connect(lambda **_: heartbeat.start(), weak=False)
+    try:
+        app.start(["beat", "--loglevel=INFO", *extra_args])
+    finally:
+        heartbeat.stop()
     return 0

