@@ -17,6 +17,8 @@ SUPPORTED_COMBINATIONS: list[dict[str, str]] = [
     {"python_version": "3.12"},
     {"python_version": "3.13", "ci": "none"},
     {"project_name": "Acme Widgets"},
+    {"broker": "rabbitmq"},
+    {"broker": "rabbitmq", "ci": "none", "python_version": "3.12"},
 ]
 
 UNRENDERED = re.compile(r"\{\{\s*cookiecutter\.|\{%[-\s]|cookiecutter\.project_slug")

@@ -39,6 +39,9 @@ def assert_all_passed_none_skipped(output: str) -> int:
     return int(summary.split(" passed")[0].split()[-1])
 
 
+# Both suites run real stacks (API instances, Celery workers, Varnish): one at a time, on one
+# xdist worker, so they do not starve each other of the machine's cores.
+@pytest.mark.xdist_group("baked-suites")
 @pytest.mark.slow
 def test_default_bake_passes_make_lint_and_make_test(
     tmp_path: Path, record_property: Callable[[str, object], None]
@@ -54,13 +57,14 @@ def test_default_bake_passes_make_lint_and_make_test(
     record_property("bake_to_green_seconds", round(time.perf_counter() - started, 1))
 
 
+@pytest.mark.xdist_group("baked-suites")
 @pytest.mark.slow
 def test_minimal_bake_passes_on_throwaway_servers(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     """With no DATABASE_URL/REDIS_URL set, the suite starts its own servers from local binaries:
     the path a fresh machine with Postgres and Redis installed takes."""
-    project = bake(tmp_path, ci="none")
+    project = bake(tmp_path, ci="none", broker="rabbitmq")
     env = baked_env(DATABASE_URL=None, REDIS_URL=None)
     result = run(["make", "test"], project, env)
     assert_ok(result, "make test on throwaway servers")

@@ -17,6 +17,7 @@ database from the test and empties every table (TRUNCATE) when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -35,13 +36,15 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
+from kombu import Connection
+from redis import Redis as SyncRedis
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker as make_sessionmaker
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
-from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings
 from {{ cookiecutter.project_slug }}.devstack.servers import (
     RunningServer,
     ServerUnavailable,
@@ -50,6 +53,7 @@ from {{ cookiecutter.project_slug }}.devstack.servers import (
 )
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.models import Base
+from tests.worker_harness import JobStack, broker_url, requested_brokers, require_broker
 
 _started: list[RunningServer] = []
 _throwaway_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -72,7 +76,31 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TEST_RUN_ID", secrets.token_hex(3))
 
 
+def unconsumed_jobs_namespace() -> dict[str, str]:
+    """Where apps under test publish jobs that no worker consumes (the job proofs start
+    their own workers on queues of their own): one queue and key prefix per run, removed
+    when the run ends, so nothing piles up in a shared Redis."""
+    run = os.environ["TEST_RUN_ID"]
+    return {"celery_queue": f"test-{run}", "celery_broker_key_prefix": f"test-{run}:"}
+
+
+def _forget_unconsumed_jobs() -> None:
+    namespace = unconsumed_jobs_namespace()
+    with SyncRedis.from_url(os.environ["REDIS_URL"]) as client:
+        for key in client.scan_iter(match=f"{namespace['celery_broker_key_prefix']}*", count=500):
+            client.delete(key)
+    broker = os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
+    if broker.startswith("amqp"):  # RabbitMQ keeps durable queues: delete ours
+        with Connection(broker, connect_timeout=3) as connection:
+            channel: Any = connection.default_channel
+            channel.queue_delete(namespace["celery_queue"])
+            channel.exchange_delete(namespace["celery_queue"])
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and "REDIS_URL" in os.environ:
+        with contextlib.suppress(Exception):  # never hide the run's own result
+            _forget_unconsumed_jobs()
     for server in reversed(_started):
         server.stop()
     if _throwaway_dir is not None:
@@ -143,6 +171,8 @@ def settings(database_url: str, redis_url: str, worker_id: str) -> Settings:
         redis_url=redis_url,
         # Runs and workers share one Redis but not one database: their caches must not meet.
         cache_key_prefix=run_database_name("cache", worker_id),
+        celery_queue=unconsumed_jobs_namespace()["celery_queue"],
+        celery_broker_key_prefix=unconsumed_jobs_namespace()["celery_broker_key_prefix"],
     )
 
 
@@ -229,6 +259,8 @@ def committed_settings(committed_database_url: str, redis_url: str, worker_id: s
         secret_key=secrets.token_urlsafe(48),
         log_level="WARNING",
         cache_key_prefix=run_database_name("committed-cache", worker_id),
+        celery_queue=unconsumed_jobs_namespace()["celery_queue"],
+        celery_broker_key_prefix=unconsumed_jobs_namespace()["celery_broker_key_prefix"],
     )
 
 
@@ -306,6 +338,8 @@ def live_server(
         "SECRET_KEY": settings.secret_key.get_secret_value(),
         "LOG_LEVEL": settings.log_level,
         "CACHE_KEY_PREFIX": settings.cache_key_prefix,
+        "CELERY_QUEUE": settings.celery_queue,
+        "CELERY_BROKER_KEY_PREFIX": settings.celery_broker_key_prefix,
     }
     log_path = tmp_path_factory.mktemp("live-server") / "server.log"
     app = "{{ cookiecutter.project_slug }}.app:create_app"
@@ -328,3 +362,54 @@ def live_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --- Background jobs: real brokers, worker and beat processes (see tests/worker_harness.py) ---
+
+
+@pytest.fixture(scope="session")
+async def jobs_database_url(worker_id: str) -> AsyncIterator[str]:
+    """A database the test shares with worker processes: data is committed, not rolled back,
+    so a worker (another process) can see it. Tests keep apart by using their own keys."""
+    name = run_database_name("jobs", worker_id)
+    url = await recreate_database(name)
+    await anyio.to_thread.run_sync(upgrade_to_head, url)
+    yield url
+    await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+async def jobs_engine(jobs_database_url: str) -> AsyncIterator[AsyncEngine]:
+    # The tests read one thing at a time; Postgres connections are a budget shared with
+    # every server these tests start.
+    engine = create_async_engine(jobs_database_url, pool_size=2, max_overflow=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module", params=requested_brokers())
+def job_stack(
+    request: pytest.FixtureRequest,
+    jobs_database_url: str,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[JobStack]:
+    """An isolated queue on one broker (each module runs once per broker in TEST_BROKERS)."""
+    kind: str = request.param
+    require_broker(kind, broker_url(kind))
+    stack = JobStack(kind, jobs_database_url, redis_url, tmp_path_factory.mktemp(f"jobs-{kind}"))
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+async def live_client(job_stack: JobStack) -> AsyncIterator[AsyncClient]:
+    """The real app on the jobs database, publishing to the stack's queue: its commits are
+    real commits, so the stack's workers see what its requests wrote."""
+    app = create_app(job_stack.settings())
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client

@@ -8,7 +8,11 @@ from pydantic import ValidationError
 
 from {{ cookiecutter.project_slug }}.config import DEV_SECRET, Settings
 
-REQUIRED = {"database_url": "postgresql://u@h/db", "redis_url": "redis://h:6379/0"}
+REQUIRED = {
+    "database_url": "postgresql://u@h/db",
+    "redis_url": "redis://h:6379/0",
+    "celery_broker_url": "",  # the Redis above, whichever broker the project was baked with
+}
 
 
 def make(**overrides: object) -> Settings:
@@ -75,3 +79,25 @@ def test_env_example_lists_exactly_the_settings() -> None:
         if re.match(r"^#? ?[A-Z][A-Z0-9_]*=", line)
     }
     assert {field.upper() for field in Settings.model_fields} <= names
+
+
+def test_production_refuses_rabbitmqs_guest_account() -> None:
+    with pytest.raises(ValidationError, match="guest account"):
+        make(
+            environment="production",
+            secret_key="x" * 48,
+            celery_broker_url="amqp://guest:guest@rabbitmq:5672//",
+        )
+
+
+def test_time_limits_must_fit_inside_the_visibility_timeout() -> None:
+    with pytest.raises(ValidationError, match="CELERY_VISIBILITY_TIMEOUT must exceed"):
+        make(job_hard_time_limit=600, celery_visibility_timeout=300)
+    with pytest.raises(ValidationError, match="JOB_HARD_TIME_LIMIT must be greater"):
+        make(job_soft_time_limit=60, job_hard_time_limit=30)
+
+
+def test_an_empty_broker_url_means_the_redis_at_redis_url() -> None:
+    settings = make(celery_broker_url="")
+    assert settings.broker_url == "redis://h:6379/0"
+    assert settings.broker_is_redis

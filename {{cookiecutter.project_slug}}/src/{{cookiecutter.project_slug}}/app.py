@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.to_thread
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
@@ -18,12 +20,14 @@ from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
+from {{ cookiecutter.project_slug }}.jobs.router import router as jobs_router
 from {{ cookiecutter.project_slug }}.logging import configure_logging
 from {{ cookiecutter.project_slug }}.orders.router import router as orders_router
 from {{ cookiecutter.project_slug }}.patterns.access_log import (
     AccessLogMiddleware,
     is_acceptable_request_id,
 )
+from {{ cookiecutter.project_slug }}.patterns.after_commit import celery_publisher
 from {{ cookiecutter.project_slug }}.patterns.graceful import Drain, DrainMiddleware
 from {{ cookiecutter.project_slug }}.patterns.http_cache import install_http_cache
 from {{ cookiecutter.project_slug }}.patterns.metrics import (
@@ -33,9 +37,12 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
     register_pool_metrics,
 )
 from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
+from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
+from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
+from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery, warm_up
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +58,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The cache has a Redis client of its own: short timeouts, no retries (fail-open).
     app.state.cache = create_cache(settings, app.state.metrics.registry)
     app.state.purger = create_purger(settings)
+    # The API only publishes jobs; the broker connection opens on the first one.
+    celery = create_celery(settings)
+    app.state.celery = celery
+    app.state.job_publisher = celery_publisher(celery)
+    stamp_published_messages()
+    # Connect to the broker now rather than in the first request that enqueues a job; but a
+    # broker that is down (or hangs) must not hold the API's start-up: publishes retry.
+    with anyio.move_on_after(settings.readiness_timeout * 2):
+        try:
+            await anyio.to_thread.run_sync(warm_up, celery, abandon_on_cancel=True)
+        except Exception as exc:
+            log.warning("jobs.broker_unreachable", error_type=type(exc).__name__)
     register_pool_metrics(app.state.metrics.registry, engine)
     log.info("app.started", environment=settings.environment.value)
     try:
@@ -60,6 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await app.state.purger.aclose()
         await app.state.cache.aclose()
+        celery.close()
         await redis.aclose()
         await engine.dispose()
         log.info("app.stopped")
@@ -99,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(metrics_router(app.state.metrics.registry))
     app.include_router(auth_router)
+    app.include_router(jobs_router)
     app.include_router(products_router)
     app.include_router(orders_router)
+    app.include_router(reports_router)
     return app

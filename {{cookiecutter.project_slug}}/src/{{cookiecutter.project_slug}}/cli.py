@@ -43,6 +43,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.worker.main import run_worker
+
+    return run_worker(args.celery_args)
+
+
+def _beat(args: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.worker.main import run_beat
+
+    return run_beat(args.celery_args)
+
+
 def _migrate(_: argparse.Namespace) -> int:
     from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 
@@ -63,16 +75,8 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(instances=args.instances, seed=args.seed)
 
 
-def _placeholder(args: argparse.Namespace) -> int:
-    from {{ cookiecutter.project_slug }}.logging import configure_logging
-    from {{ cookiecutter.project_slug }}.placeholder import idle
-
-    configure_logging(Settings())
-    return idle(args.command)
-
-
 def _healthcheck(args: argparse.Namespace) -> int:
-    from {{ cookiecutter.project_slug }}.placeholder import heartbeat_is_fresh
+    from {{ cookiecutter.project_slug }}.worker.heartbeat import heartbeat_is_fresh
 
     if args.role == "api":
         import urllib.request
@@ -96,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8001")))
     serve.set_defaults(handler=_serve)
 
+    worker = commands.add_parser(
+        "worker",
+        help="run a Celery worker (extra options go to `celery worker`, e.g. --concurrency=2)",
+    )
+    worker.set_defaults(handler=_worker, passes_through=True)
+
+    beat = commands.add_parser(
+        "beat", help="run the scheduler (RedBeat: start two, one fires, one stands by)"
+    )
+    beat.set_defaults(handler=_beat, passes_through=True)
+
     commands.add_parser("migrate", help="apply migrations").set_defaults(handler=_migrate)
     commands.add_parser("seed", help="insert sample data").set_defaults(handler=_seed)
 
@@ -106,18 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--no-seed", dest="seed", action="store_false", help="skip sample data")
     dev.set_defaults(handler=_dev)
 
-    # Placeholders until the queue lands (Celery worker and beat): they start, idle and stop
-    # cleanly, so every process of the topology already has its slot.
-    for role in ("worker", "beat"):
-        commands.add_parser(role, help=f"run the {role} (placeholder)").set_defaults(
-            handler=_placeholder
-        )
-
     check = commands.add_parser("healthcheck", help="exit 0 when this container's role is healthy")
     check.add_argument("role", nargs="?", default="api", choices=["api", "worker", "beat"])
     check.set_defaults(handler=_healthcheck)
 
-    args = parser.parse_args(argv)
+    # worker/beat hand every option they do not know to Celery's own command line.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.celery_args = unknown
     handler = args.handler
     result: int = handler(args)
     return result

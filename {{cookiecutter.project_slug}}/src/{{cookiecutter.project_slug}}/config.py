@@ -10,7 +10,7 @@ instead of signing tokens with a published key.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,10 @@ class Environment(StrEnum):
     test = "test"
     production = "production"
 
+
+# The broker chosen when the project was generated; CELERY_BROKER_URL overrides it, and an
+# empty value means "the Redis at REDIS_URL".
+DEFAULT_BROKER_URL = "{% if cookiecutter.broker == 'rabbitmq' %}amqp://guest:guest@127.0.0.1:5672//{% endif %}"
 
 DEV_SECRET = "dev-only-secret-change-me-before-any-deploy"  # noqa: S105  # refused in production
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", DEV_SECRET})
@@ -117,6 +121,54 @@ class Settings(DatabaseSettings):
     access_token_ttl_seconds: int = Field(default=3600, ge=60)
     jwt_issuer: str = "{{ cookiecutter.project_slug }}"
 
+    # --- Background jobs (Celery) and the scheduler (beat + RedBeat); see docs/queue.md ---
+    celery_broker_url: str = DEFAULT_BROKER_URL
+    # One queue per deployment; several apps (or test runs) on one broker use different names.
+    celery_queue: str = "{{ cookiecutter.project_slug }}"
+    # Redis broker only: a prefix for every key Kombu writes, to share one Redis safely.
+    celery_broker_key_prefix: str = ""
+    # Inside the task: past this the job is cancelled and dead-lettered (seconds).
+    job_soft_time_limit: float = Field(default=300.0, gt=0)
+    # The worker kills a child still busy this long after the soft limit (blocking code).
+    job_hard_time_limit: float = Field(default=360.0, gt=0)
+    # Redis broker: an unacknowledged message returns to the queue after this long, which is
+    # how a job survives a worker that died. Must exceed the longest task and retry delay.
+    celery_visibility_timeout: int = Field(default=3600, ge=2)
+    # Transient errors only (connection drops, timeouts): retries, then the dead-letter table.
+    job_max_retries: int = Field(default=5, ge=0)
+    job_retry_backoff_seconds: float = Field(default=2.0, gt=0)
+    job_retry_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    # Prefork processes per worker (each runs one job at a time); `--concurrency` overrides.
+    worker_concurrency: int = Field(default=2, ge=1)
+    # Prometheus endpoint of each worker process tree; 0 turns it off.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # 0.0.0.0 in a container, so Prometheus can reach it; loopback on a laptop.
+    worker_metrics_host: str = "127.0.0.1"
+    # How the app tells people things: "outbox" rows (default) or log lines.
+    notifier: Literal["outbox", "log"] = "outbox"
+
+    # Beat: RedBeat keeps the schedule and a lock in Redis, so a second beat only stands by.
+    beat_key_prefix: str = "{{ cookiecutter.project_slug }}:beat"
+    # A standby beat takes over this long after the active one stopped renewing its lock.
+    beat_lock_timeout: int = Field(default=30, ge=2)
+    beat_max_interval: float = Field(default=5.0, gt=0)
+    # Every schedule in seconds between runs; 0 switches it off.
+    schedule_expire_unpaid_orders_seconds: float = Field(default=60.0, ge=0)
+    schedule_revenue_rollup_seconds: float = Field(default=900.0, ge=0)
+    schedule_cleanup_seconds: float = Field(default=3600.0, ge=0)
+    # Unpaid orders older than this are expired and their stock released.
+    order_payment_timeout_minutes: float = Field(default=30.0, gt=0)
+    expire_unpaid_batch_size: int = Field(default=500, ge=1)
+    # Finished jobs, delivered notifications and used idempotency keys older than this go.
+    stale_data_retention_days: float = Field(default=30.0, gt=0)
+    # A job row still "queued" this long after it was requested lost its message (the API
+    # died between commit and publish): the cleanup job sends it again.
+    job_requeue_after_minutes: float = Field(default=15.0, gt=0)
+    # Days the revenue roll-up recomputes on each run (today, yesterday, ...).
+    revenue_rollup_lookback_days: int = Field(default=2, ge=1)
+    # Pause between the days of a sales report: spreads a big report's reads on the primary.
+    report_day_pause_seconds: float = Field(default=0.0, ge=0)
+
     @field_validator("redis_url", "cache_redis_url")
     @classmethod
     def _redis_scheme(cls, value: str, info: ValidationInfo) -> str:
@@ -126,6 +178,27 @@ class Settings(DatabaseSettings):
             name = (info.field_name or "redis_url").upper()
             raise ValueError(f"{name} must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+            raise ValueError("CELERY_BROKER_URL must be a redis://, rediss:// or amqp(s):// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _time_limits_fit_the_redelivery_window(self) -> Self:
+        if self.job_hard_time_limit <= self.job_soft_time_limit:
+            raise ValueError("JOB_HARD_TIME_LIMIT must be greater than JOB_SOFT_TIME_LIMIT")
+        # A message still running (or waiting for its retry) when the visibility timeout
+        # passes is handed to a second worker: the job would run twice at once.
+        longest = max(self.job_hard_time_limit, self.job_retry_backoff_max_seconds)
+        if self.celery_visibility_timeout <= longest:
+            raise ValueError(
+                "CELERY_VISIBILITY_TIMEOUT must exceed JOB_HARD_TIME_LIMIT and "
+                "JOB_RETRY_BACKOFF_MAX_SECONDS, or running jobs are delivered twice"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secrets_are_real_outside_development(self) -> Self:
@@ -138,7 +211,20 @@ class Settings(DatabaseSettings):
                 f"when ENVIRONMENT={self.environment.value}; generate one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
             )
+        if "guest:guest@" in self.broker_url:
+            raise ValueError(
+                f"CELERY_BROKER_URL uses RabbitMQ's default guest account when "
+                f"ENVIRONMENT={self.environment.value}; create a user of its own for the service"
+            )
         return self
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.broker_url.startswith(("redis://", "rediss://", "unix://"))
 
     @property
     def is_development(self) -> bool:

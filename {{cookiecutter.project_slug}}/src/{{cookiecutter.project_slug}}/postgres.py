@@ -4,8 +4,10 @@ The request decides when to commit: :func:`get_db_session` opens one session per
 commits it after the endpoint returns and *before* the response is sent (``scope="function"``),
 and rolls back on any error. Services and repositories only ``flush()``.
 
-Side effects a request registers with ``on_commit`` (cache invalidation, CDN purges) run right
-after that commit and before the response; a rollback discards them (patterns/on_commit.py).
+Side effects a request registers with ``on_commit`` (cache invalidation, CDN purges) and
+jobs it enqueues (:data:`Jobs`, buffered in the session) run right after that commit and
+before the response; a rollback discards both (patterns/on_commit.py,
+patterns/after_commit.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from sqlalchemy.ext.asyncio import (
 
 from {{ cookiecutter.project_slug }}.caching import bind_invalidation
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.patterns.after_commit import (
+    AfterCommitJobs,
+    jobs_for,
+    publish_committed,
+)
 from {{ cookiecutter.project_slug }}.patterns.on_commit import run_after_commit
 
 
@@ -64,8 +71,18 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.commit()
             # After the commit, before the response: a 2xx means caches and edge are clean.
             await run_after_commit(session)
+            # After the commit, before the response: a 2xx means the job is on the broker.
+            await publish_committed(session)
 
 
 # scope="function": the commit happens before the response leaves, so a client never sees a
 # 2xx for a write that then failed to commit.
 DbSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
+
+
+def get_jobs(request: Request, session: DbSession) -> AfterCommitJobs:
+    return jobs_for(session, request.app.state.job_publisher)
+
+
+# Enqueue background jobs from an endpoint or service; they leave after the commit.
+Jobs = Annotated[AfterCommitJobs, Depends(get_jobs)]

@@ -15,6 +15,7 @@ from {{ cookiecutter.project_slug }}.auth.security import hash_password
 from {{ cookiecutter.project_slug }}.models import Order, Product, User
 from {{ cookiecutter.project_slug }}.orders import service as orders
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine
+from {{ cookiecutter.project_slug }}.patterns.after_commit import AfterCommitJobs
 from {{ cookiecutter.project_slug }}.products.repository import ProductRepository
 
 DEMO_EMAIL = "demo@example.com"
@@ -81,9 +82,11 @@ async def _place_demo_orders(session: AsyncSession) -> int:
     skus = {sku for lines in DEMO_ORDERS for sku, _ in lines}
     rows = await session.execute(select(Product.sku, Product.id).where(Product.sku.in_(skus)))
     ids = dict(rows.all())
+    # Sample orders have nobody to confirm them to: their jobs are buffered and dropped.
+    confirm_nothing = AfterCommitJobs(lambda job, headers: None)
     for lines in DEMO_ORDERS:
         body = OrderCreate(items=[OrderLine(product_id=ids[sku], quantity=q) for sku, q in lines])
-        await orders.place_order(session, demo, body, idempotency_key=None)
+        await orders.place_order(session, confirm_nothing, demo, body, idempotency_key=None)
     return len(DEMO_ORDERS)
 
 

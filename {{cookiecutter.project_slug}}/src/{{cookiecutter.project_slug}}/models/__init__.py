@@ -1,8 +1,29 @@
 """Every ORM model, in one package: one MetaData for Alembic, no import cycles between domains."""
 
 from {{ cookiecutter.project_slug }}.models.base import Base
+from {{ cookiecutter.project_slug }}.models.dead_letter import DeadLetter
+from {{ cookiecutter.project_slug }}.models.idempotency import IdempotencyKey
+from {{ cookiecutter.project_slug }}.models.job import FINISHED, Job, JobResult, JobStatus
+from {{ cookiecutter.project_slug }}.models.notification import Notification
 from {{ cookiecutter.project_slug }}.models.order import Order, OrderItem, OrderStatus
 from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
+from {{ cookiecutter.project_slug }}.models.revenue import DailyRevenue
 from {{ cookiecutter.project_slug }}.models.user import User
 
-__all__ = ["Base", "Inventory", "Order", "OrderItem", "OrderStatus", "Product", "User"]
+__all__ = [
+    "FINISHED",
+    "Base",
+    "DailyRevenue",
+    "DeadLetter",
+    "IdempotencyKey",
+    "Inventory",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "Notification",
+    "Order",
+    "OrderItem",
+    "OrderStatus",
+    "Product",
+    "User",
+]

@@ -11,7 +11,7 @@ from {{ cookiecutter.project_slug }}.orders import service
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderRead, OrderSummary
 from {{ cookiecutter.project_slug }}.patterns.http_cache import PRIVATE_NO_STORE, cache_policy
 from {{ cookiecutter.project_slug }}.patterns.keyset import Page
-from {{ cookiecutter.project_slug }}.postgres import DbSession
+from {{ cookiecutter.project_slug }}.postgres import DbSession, Jobs
 
 # A user's orders are theirs alone: no cache between them and the API may keep a copy (this is
 # also the default for any route without a policy; said here because it matters here).
@@ -44,11 +44,12 @@ IdempotencyKey = Annotated[
 async def place_order(
     body: OrderCreate,
     session: DbSession,
+    jobs: Jobs,
     user: CurrentUser,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> OrderRead:
-    placed = await service.place_order(session, user, body, idempotency_key)
+    placed = await service.place_order(session, jobs, user, body, idempotency_key)
     if placed.replayed:
         # Same status and body as the first response; the header tells a curious client.
         response.headers["Idempotent-Replayed"] = "true"

@@ -5,6 +5,10 @@ Idempotency-Key's unique index decides about retries), insert its lines, then ta
 product's stock with one conditional UPDATE, in product-id order. Any failure raises, and the
 request rolls the whole transaction back: an order never exists without its lines or its stock.
 
+The confirmation job is enqueued before the stock is taken, into the request's after-commit
+buffer (patterns/after_commit.py): it leaves only if the whole transaction commits, so a
+rejected order (not enough stock) never confirms anything.
+
 Stock is taken last on purpose: the UPDATE locks the product's inventory row until the commit,
 and every other buyer of that product queues behind the lock. With nothing left to do between
 the UPDATE and the COMMIT, the queue moves as fast as Postgres can commit.
@@ -31,6 +35,8 @@ from {{ cookiecutter.project_slug }}.orders.repository import (
     newest_first_key,
 )
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine, OrderSummary
+from {{ cookiecutter.project_slug }}.orders.tasks import send_order_confirmation
+from {{ cookiecutter.project_slug }}.patterns.after_commit import AfterCommitJobs
 from {{ cookiecutter.project_slug }}.patterns.cache import Cache, CacheRegion
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
 from {{ cookiecutter.project_slug }}.products.repository import (
@@ -109,7 +115,11 @@ def fingerprint(lines: list[tuple[UUID, int]]) -> str:
 
 
 async def place_order(
-    session: AsyncSession, user: User, body: OrderCreate, idempotency_key: str | None
+    session: AsyncSession,
+    jobs: AfterCommitJobs,
+    user: User,
+    body: OrderCreate,
+    idempotency_key: str | None,
 ) -> PlacedOrder:
     lines = merge_lines(body.items)
     request_fingerprint = fingerprint(lines) if idempotency_key is not None else None
@@ -136,6 +146,8 @@ async def place_order(
     # After the commit: the stock shown with each product changed, and so did this user's list.
     invalidate_products(session, [product_id for product_id, _ in lines])
     invalidate_after_commit(session, scopes=[summaries_scope(user.id)])
+    # Buffered, not sent: it leaves after the commit, or never if the stock below runs out.
+    send_order_confirmation.enqueue(jobs, order_id=str(order.id))
 
     inventory = InventoryRepository(session)
     for product_id, quantity in lines:

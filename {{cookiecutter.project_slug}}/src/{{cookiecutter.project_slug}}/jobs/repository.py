@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from {{ cookiecutter.project_slug }}.models import (
+    FINISHED,
+    DeadLetter,
+    IdempotencyKey,
+    Job,
+    JobResult,
+    JobStatus,
+    Notification,
+)
+
+
+class JobRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, job_id: UUID) -> Job | None:
+        return await self.session.get(Job, job_id)
+
+    async def get_result(self, job_id: UUID) -> JobResult | None:
+        return await self.session.get(JobResult, job_id)
+
+    async def start(self, job_id: UUID) -> Job | None:
+        """Mark a delivery as started; None when the job already finished (a duplicate).
+
+        A job still "running" may be started again: that is a redelivery after its worker
+        died, and the run it replaces will never finish.
+        """
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((JobStatus.queued, JobStatus.running)))
+            .values(
+                status=JobStatus.running,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, func.now()),
+            )
+            .returning(Job)
+        )
+        return (await self.session.scalars(statement)).one_or_none()
+
+    async def set_progress(self, job_id: UUID, percent: int) -> None:
+        await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(progress=min(max(percent, 0), 100))
+        )
+
+    async def finish(
+        self, job_id: UUID, *, filename: str, content_type: str, content: bytes
+    ) -> bool:
+        """Store the result and mark the job succeeded, once: False if it already was."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(status=JobStatus.succeeded, progress=100, finished_at=func.now())
+            .returning(Job.id)
+        )
+        if (await self.session.execute(statement)).scalar_one_or_none() is None:
+            return False
+        await self.session.execute(
+            insert(JobResult)
+            .values(job_id=job_id, filename=filename, content_type=content_type, content=content)
+            .on_conflict_do_nothing(index_elements=[JobResult.job_id])
+        )
+        return True
+
+    async def fail(self, job_id: UUID, error: str) -> None:
+        await self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.not_in(FINISHED))
+            .values(status=JobStatus.failed, error=error, finished_at=func.now())
+        )
+
+    async def list_dead_letters(
+        self, *, limit: int, include_requeued: bool, before: datetime | None
+    ) -> list[DeadLetter]:
+        statement = select(DeadLetter).order_by(DeadLetter.failed_at.desc()).limit(limit)
+        if not include_requeued:
+            statement = statement.where(DeadLetter.requeued_at.is_(None))
+        if before is not None:
+            statement = statement.where(DeadLetter.failed_at < before)
+        return list((await self.session.scalars(statement)).all())
+
+    async def mark_requeued(self, dead_letter_id: UUID, task_id: str) -> DeadLetter | None:
+        """Atomically flag a dead letter as re-enqueued; None if missing or already done."""
+        statement = (
+            update(DeadLetter)
+            .where(DeadLetter.id == dead_letter_id, DeadLetter.requeued_at.is_(None))
+            .values(requeued_at=func.now(), requeued_task_id=task_id)
+            .returning(DeadLetter)
+        )
+        return (await self.session.scalars(statement)).one_or_none()
+
+    async def stalled(self, queued_before: datetime, limit: int = 500) -> list[Job]:
+        """Jobs still queued since before ``queued_before`` (their message was lost)."""
+        # Few rows are ever queued for long, and finished ones are deleted by age: the scan
+        # stays small without an index of its own.
+        statement = (
+            select(Job)
+            .where(Job.status == JobStatus.queued, Job.created_at < queued_before)
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+        return list((await self.session.scalars(statement)).all())
+
+    async def delete_stale(self, cutoff: datetime) -> dict[str, int]:
+        """Forget what is older than ``cutoff``: finished jobs, used keys, delivered
+        notifications and dead letters already re-enqueued."""
+        statements = {
+            "jobs": delete(Job).where(Job.finished_at < cutoff, Job.status.in_(FINISHED)),
+            "idempotency_keys": delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff),
+            "notifications": delete(Notification).where(Notification.delivered_at < cutoff),
+            "dead_letters": delete(DeadLetter).where(DeadLetter.requeued_at < cutoff),
+        }
+        counts: dict[str, int] = {}
+        for name, statement in statements.items():
+            result = await self.session.execute(statement)
+            counts[name] = int(getattr(result, "rowcount", 0) or 0)
+        return counts

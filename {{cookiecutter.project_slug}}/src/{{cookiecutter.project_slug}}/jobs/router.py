@@ -1,0 +1,86 @@
+"""Job status for clients that started a long job, and the dead-letter admin."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, status
+from starlette.responses import Response
+
+from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, StaffUser
+from {{ cookiecutter.project_slug }}.jobs import service
+from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
+from {{ cookiecutter.project_slug }}.jobs.schemas import DeadLetterRead, JobRead, Requeued
+from {{ cookiecutter.project_slug }}.models import Job, JobStatus
+from {{ cookiecutter.project_slug }}.postgres import DbSession, Jobs
+
+router = APIRouter(tags=["jobs"])
+
+
+def job_read(job: Job) -> JobRead:
+    read = JobRead.model_validate(job)
+    if job.status is JobStatus.succeeded:
+        read.result_url = f"/jobs/{job.id}/result"
+    return read
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: UUID, session: DbSession, user: CurrentUser) -> JobRead:
+    return job_read(await service.get_job_for(session, job_id, user))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}, 409: {"description": "Not finished yet."}},
+)
+async def get_job_result(job_id: UUID, session: DbSession, user: CurrentUser) -> Response:
+    result = await service.get_result_for(session, job_id, user)
+    return Response(
+        content=result.content,
+        media_type=result.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{result.filename}"'},
+    )
+
+
+@router.get("/admin/dead-letters", tags=["admin"])
+async def list_dead_letters(
+    session: DbSession,
+    _: StaffUser,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    include_requeued: bool = False,
+    before: Annotated[datetime | None, Query(description="Page: failed before this.")] = None,
+) -> list[DeadLetterRead]:
+    rows = await JobRepository(session).list_dead_letters(
+        limit=limit, include_requeued=include_requeued, before=before
+    )
+    return [
+        DeadLetterRead(
+            id=row.id,
+            task_id=row.task_id,
+            task_name=row.task_name,
+            arguments=row.kwargs,
+            request_id=row.request_id,
+            error_type=row.error_type,
+            error=row.error,
+            attempts=row.attempts,
+            failed_at=row.failed_at,
+            requeued_at=row.requeued_at,
+            requeued_task_id=row.requeued_task_id,
+        )
+        for row in rows
+    ]
+
+
+@router.post(
+    "/admin/dead-letters/{dead_letter_id}/requeue",
+    tags=["admin"],
+    status_code=status.HTTP_202_ACCEPTED,
+)
+async def requeue_dead_letter(
+    dead_letter_id: UUID, session: DbSession, jobs: Jobs, _: StaffUser
+) -> Requeued:
+    _dead, task_id = await service.requeue_dead_letter(session, jobs, dead_letter_id)
+    return Requeued(dead_letter_id=dead_letter_id, task_id=task_id)

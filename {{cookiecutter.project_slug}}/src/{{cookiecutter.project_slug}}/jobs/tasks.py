@@ -1,0 +1,37 @@
+"""Housekeeping jobs for the job machinery itself."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
+from {{ cookiecutter.project_slug }}.patterns.after_commit import jobs_for
+from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
+from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
+
+log = structlog.get_logger(__name__)
+
+
+@job("jobs.cleanup_stale_data")
+async def cleanup_stale_data(ctx: WorkerContext) -> dict[str, int]:
+    """Delete what is past the retention period, and send again the jobs whose message was
+    lost (still queued long after they were requested). Idempotent: a second run finds
+    nothing to delete, and a job sent twice runs its effect once (its row is the guard)."""
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(days=ctx.settings.stale_data_retention_days)
+    stalled_before = now - timedelta(minutes=ctx.settings.job_requeue_after_minutes)
+    async with ctx.transaction() as session:
+        repository = JobRepository(session)
+        counts = await repository.delete_stale(cutoff)
+        # The jobs row is written in the request's transaction and the message only after
+        # its commit: a crash in between leaves a row nobody will run. Its kind names the
+        # task, which takes the job's id.
+        buffer = jobs_for(session)
+        stalled = await repository.stalled(stalled_before)
+        for stalled_job in stalled:
+            buffer.enqueue(stalled_job.kind, job_id=str(stalled_job.id))
+        counts["requeued_jobs"] = len(stalled)
+    log.info("cleanup.done", **counts)
+    return counts

@@ -1,0 +1,63 @@
+"""How the app tells people things: a small interface with pluggable senders.
+
+The default, :class:`OutboxNotifier`, writes the message to the ``notifications`` table in the
+caller's transaction: together with an idempotency claim in the same transaction, a message is
+recorded exactly once, and a relay (or a mail-service integration) delivers it from there.
+:class:`LogNotifier` only logs (handy in development). A real provider implements
+:class:`Notifier` and passes the idempotency key on, so a retried call is not sent twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from {{ cookiecutter.project_slug }}.models import Notification
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    recipient: str
+    subject: str
+    body: str
+    idempotency_key: str
+    channel: str = "email"
+
+
+class Notifier(Protocol):
+    async def send(self, session: AsyncSession, message: Message) -> None: ...
+
+
+class OutboxNotifier:
+    async def send(self, session: AsyncSession, message: Message) -> None:
+        session.add(
+            Notification(
+                channel=message.channel,
+                recipient=message.recipient,
+                subject=message.subject,
+                body=message.body,
+                idempotency_key=message.idempotency_key,
+            )
+        )
+        await session.flush()
+        log.info("notification.queued", channel=message.channel, key=message.idempotency_key)
+
+
+class LogNotifier:
+    async def send(self, session: AsyncSession, message: Message) -> None:
+        log.info(
+            "notification.sent",
+            channel=message.channel,
+            recipient=message.recipient,
+            subject=message.subject,
+            key=message.idempotency_key,
+        )
+
+
+def create_notifier(kind: str) -> Notifier:
+    return LogNotifier() if kind == "log" else OutboxNotifier()

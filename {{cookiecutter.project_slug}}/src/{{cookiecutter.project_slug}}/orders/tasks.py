@@ -1,0 +1,122 @@
+"""Order jobs: the confirmation after an order is placed, and expiring unpaid orders."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import structlog
+from sqlalchemy import func, select, update
+
+from {{ cookiecutter.project_slug }}.exceptions import NotFound
+from {{ cookiecutter.project_slug }}.models import (
+    IdempotencyKey,
+    Inventory,
+    Order,
+    OrderItem,
+    OrderStatus,
+    User,
+)
+from {{ cookiecutter.project_slug }}.notifications.notifier import Message
+from {{ cookiecutter.project_slug }}.orders.repository import pending_oldest_first
+from {{ cookiecutter.project_slug }}.patterns.idempotency import claim
+from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
+from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
+
+log = structlog.get_logger(__name__)
+
+SEND_CONFIRMATION = "orders.send_confirmation"
+
+
+@job(SEND_CONFIRMATION)
+async def send_order_confirmation(ctx: WorkerContext, *, order_id: str) -> str:
+    """Tell the buyer their order was placed; once per order, however often it is delivered.
+
+    Enqueued after the order's transaction commits, so the order is always there; a missing
+    order is a bug (not a transient error) and goes to the dead letters.
+    """
+    key = f"order-confirmation:{order_id}"
+    async with ctx.transaction() as session:
+        row = (
+            await session.execute(
+                select(Order.total_cents, Order.created_at, User.email)
+                .join(User, User.id == Order.user_id)
+                .where(Order.id == UUID(order_id))
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"order {order_id} does not exist")
+        items = (
+            await session.execute(
+                select(func.count(), func.sum(OrderItem.quantity)).where(
+                    OrderItem.order_id == UUID(order_id)
+                )
+            )
+        ).one()
+        if not await claim(session, IdempotencyKey, key, task_name=SEND_CONFIRMATION):
+            return "duplicate"
+        await ctx.notifier.send(
+            session,
+            Message(
+                recipient=row.email,
+                subject=f"Order {order_id} confirmed",
+                body=(
+                    f"Thank you for your order of {items[1]} item(s) in {items[0]} line(s), "
+                    f"total {row.total_cents / 100:.2f}. It was placed at {row.created_at:%c} UTC "
+                    "and is awaiting payment."
+                ),
+                idempotency_key=key,
+            ),
+        )
+    log.info("order.confirmation_sent", order_id=order_id)
+    return "sent"
+
+
+@job("orders.expire_unpaid")
+async def expire_unpaid_orders(ctx: WorkerContext) -> int:
+    """Cancel pending orders older than the payment timeout and put their stock back.
+
+    Batches of ``EXPIRE_UNPAID_BATCH_SIZE``, oldest first, read through the partial index on
+    pending orders. Each batch is one transaction: the orders are locked (``SKIP LOCKED``: a
+    row another transaction holds, say a payment, is left for the next run), cancelled, and
+    their stock returned, so a crash leaves every order either expired with its stock back,
+    or untouched. Running twice expires nothing twice: the second run finds no such order.
+    """
+    settings = ctx.settings
+    cutoff = datetime.now(UTC) - timedelta(minutes=settings.order_payment_timeout_minutes)
+    expired = 0
+    while True:
+        async with ctx.transaction() as session:
+            batch = pending_oldest_first(cutoff, settings.expire_unpaid_batch_size)
+            order_ids = list(
+                (await session.execute(batch.with_for_update(skip_locked=True))).scalars()
+            )
+            if not order_ids:
+                break
+            await session.execute(
+                update(Order)
+                .where(Order.id.in_(order_ids), Order.status == OrderStatus.pending)
+                .values(status=OrderStatus.cancelled, updated_at=func.now())
+            )
+            returned = (
+                await session.execute(
+                    select(OrderItem.product_id, func.sum(OrderItem.quantity))
+                    .where(OrderItem.order_id.in_(order_ids))
+                    .group_by(OrderItem.product_id)
+                    .order_by(OrderItem.product_id)
+                )
+            ).all()
+            # Product-id order, like order placement takes them: two transactions that both
+            # touch products A and B lock A first, so they queue instead of deadlocking.
+            for product_id, quantity in returned:
+                await session.execute(
+                    update(Inventory)
+                    .where(Inventory.product_id == product_id)
+                    .values(stock=Inventory.stock + quantity, updated_at=func.now())
+                )
+        expired += len(order_ids)
+        log.info("orders.expired_batch", count=len(order_ids))
+        if len(order_ids) < settings.expire_unpaid_batch_size:
+            break
+    log.info("orders.expired", count=expired)
+    return expired

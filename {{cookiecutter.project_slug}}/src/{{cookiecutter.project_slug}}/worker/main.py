@@ -1,0 +1,137 @@
+"""Start a worker or a beat process (``{{ cookiecutter.project_slug }} worker`` / ``beat``).
+
+Both build the Celery app from the same settings as the API, log through the same structlog
+setup, and stamp the messages they send (``published_at`` / ``published_by`` headers).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import beat_init, setup_logging, worker_init, worker_ready, worker_shutdown
+
+from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.logging import configure_logging
+from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import (
+    JobRuntime,
+    install_job_runtime,
+    stamp_published_messages,
+)
+from {{ cookiecutter.project_slug }}.patterns.task_metrics import (
+    TaskMetrics,
+    enable_multiprocess,
+    serve_metrics,
+)
+from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
+from {{ cookiecutter.project_slug }}.worker.context import WorkerContextFactory
+from {{ cookiecutter.project_slug }}.worker.heartbeat import Heartbeat
+
+
+def _use_our_logging(settings: Settings) -> None:
+    # Connecting a receiver tells Celery not to configure logging itself.
+    setup_logging.connect(lambda **_: configure_logging(settings), weak=False)
+
+
+def create_worker_app(settings: Settings, *, metrics: TaskMetrics | None = None) -> Celery:
+    """The Celery app with the async runtime installed: what a worker process runs."""
+    app = create_celery(settings)
+    factory = WorkerContextFactory(settings, app)
+    install_job_runtime(
+        app,
+        JobRuntime(
+            open_resources=factory.open,
+            close_resources=factory.close,
+            dead_letter=factory.dead_letter,
+            max_retries=settings.job_max_retries,
+            backoff_base=settings.job_retry_backoff_seconds,
+            backoff_max=settings.job_retry_backoff_max_seconds,
+            soft_time_limit=settings.job_soft_time_limit,
+            metrics=metrics,
+        ),
+    )
+    return app
+
+
+def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
+    depths: dict[str, int] = {}
+    with app.connection_for_read() as connection:
+        channel: Any = connection.default_channel
+        for queue in queues:
+            try:
+                _, count, _ = channel.queue_declare(queue=queue, passive=True)
+            except connection.channel_errors:
+                count = 0  # not declared yet: nobody has sent to it
+                channel = connection.channel()
+            depths[queue] = int(count)
+    return depths
+
+
+def run_worker(extra_args: list[str]) -> int:
+    settings = Settings()
+    metrics = None
+    if settings.worker_metrics_port:
+        # Before any metric exists: prefork children write samples the parent can sum.
+        metrics_dir = Path(tempfile.gettempdir()) / f"celery-metrics-{os.getpid()}"
+        enable_multiprocess(metrics_dir)
+        metrics = TaskMetrics()
+    app = create_worker_app(settings, metrics=metrics)
+    app.set_current()
+    _use_our_logging(settings)
+    stamp_published_messages()
+
+    if metrics is not None:
+
+        def start_metrics_server(**_: Any) -> None:
+            serve_metrics(
+                settings.worker_metrics_host,
+                settings.worker_metrics_port,
+                lambda: queue_depths(app, [settings.celery_queue]),
+            )
+
+        worker_init.connect(start_metrics_server, weak=False)
+
+    # Healthy (for the container's health check) once connected and consuming.
+    heartbeat = Heartbeat("worker")
+    worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
+    worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
+
+    concurrency = (
+        []
+        if any(a.startswith(("-c", "--concurrency")) for a in extra_args)
+        else [f"--concurrency={settings.worker_concurrency}"]
+    )
+    app.worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            "--loglevel=INFO",
+            *concurrency,
+            # Gossip and mingle chat with every other worker on the broker at start-up and
+            # afterwards; nothing here needs them.
+            "--without-gossip",
+            "--without-mingle",
+            *extra_args,
+        ]
+    )
+    return 0
+
+
+def run_beat(extra_args: list[str]) -> int:
+    settings = Settings()
+    app = create_celery(settings)
+    app.set_current()
+    _use_our_logging(settings)
+    stamp_published_messages()
+    # Connected before RedBeat's own beat_init receiver, which blocks a standby beat until it
+    # gets the lock: a standby is healthy, it is waiting on purpose.
+    heartbeat = Heartbeat("beat")
+    beat_init.connect(lambda **_: heartbeat.start(), weak=False)
+    try:
+        app.start(["beat", "--loglevel=INFO", *extra_args])
+    finally:
+        heartbeat.stop()
+    return 0
