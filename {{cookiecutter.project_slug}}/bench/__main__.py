@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark in turn."""
 
-from bench import http_core, orders_hot_query, read_path
+from . import http_core, orders_hot_query, read_path
 
 http_core.main()
 # Starts the local stack twice (cache on, cache off): about a minute.

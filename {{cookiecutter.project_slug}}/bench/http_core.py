@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.loadgen import LoadResult, client_name, run_load
+from .loadgen import LoadResult, client_name, run_load
 
 RESULTS = Path(__file__).parent / "results" / "http_core.json"
 SERVER = """

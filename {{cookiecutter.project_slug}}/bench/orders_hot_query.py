@@ -37,7 +37,6 @@ import httpx
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from bench.loadgen import LoadResult, run_load
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
@@ -45,6 +44,8 @@ from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.orders.repository import newest_for_user
 from {{ cookiecutter.project_slug }}.patterns.plan_guard import explain_analyze, walk
 from {{ cookiecutter.project_slug }}.seed import Volume, seed_volume
+
+from .loadgen import LoadResult, run_load
 
 RESULTS = Path(__file__).parent / "results" / "orders_hot_query.json"
 INDEXED = "{{ cookiecutter.project_slug }}_bench_orders"

@@ -31,9 +31,10 @@ import httpx
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.loadgen import LoadResult, client_name, run_load
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack, StackSettings, ports_in_use
+
+from .loadgen import LoadResult, client_name, run_load
 
 PROJECT_DIR = Path(__file__).parents[1]
 RESULTS = PROJECT_DIR / "bench" / "results" / "read_path.json"
