@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 BUILD_DIR ?= build
 DEMO_DIR := $(BUILD_DIR)/ninefold_shop
-PYTEST_ARGS ?= -n auto --dist loadgroup
+PYTEST_ARGS ?= -n auto
 # The template's own Python (the baked project is linted through bakes).
 TOOLING := hooks tests tools
 

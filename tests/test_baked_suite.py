@@ -3,14 +3,33 @@ real servers, with nothing skipped."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import assert_ok, bake, baked_env, run
+
+# Both suites run real stacks (API instances, Celery workers, Varnish, free ports picked at
+# start): they take turns, whichever xdist worker runs them, so they neither starve each other
+# of the machine's cores nor race for the same ports.
+SUITE_LOCK = Path(tempfile.gettempdir()) / "ninefold-baked-suite.lock"
+
+
+@contextlib.contextmanager
+def one_baked_suite_at_a_time() -> Iterator[None]:
+    with SUITE_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 SUMMARY = re.compile(r"=+ (?P<summary>.*\d+ passed.*) in [\d.]+s")
 SKIP_LINE = re.compile(r"^SKIPPED \[\d+\] (?P<where>[^:]+:\d+): (?P<reason>.*)$", re.MULTILINE)
@@ -39,9 +58,6 @@ def assert_all_passed_none_skipped(output: str) -> int:
     return int(summary.split(" passed")[0].split()[-1])
 
 
-# Both suites run real stacks (API instances, Celery workers, Varnish): one at a time, on one
-# xdist worker, so they do not starve each other of the machine's cores.
-@pytest.mark.xdist_group("baked-suites")
 @pytest.mark.slow
 def test_default_bake_passes_make_lint_and_make_test(
     tmp_path: Path, record_property: Callable[[str, object], None]
@@ -50,14 +66,14 @@ def test_default_bake_passes_make_lint_and_make_test(
     project = bake(tmp_path)
     env = baked_env()
     assert_ok(run(["make", "lint"], project, env), "make lint")
-    result = run(["make", "test"], project, env)
+    with one_baked_suite_at_a_time():
+        result = run(["make", "test"], project, env)
     assert_ok(result, "make test")
     passed = assert_all_passed_none_skipped(result.stdout)
     record_property("tests_passed", passed)
     record_property("bake_to_green_seconds", round(time.perf_counter() - started, 1))
 
 
-@pytest.mark.xdist_group("baked-suites")
 @pytest.mark.slow
 def test_minimal_bake_passes_on_throwaway_servers(
     tmp_path: Path, record_property: Callable[[str, object], None]
@@ -66,7 +82,9 @@ def test_minimal_bake_passes_on_throwaway_servers(
     the path a fresh machine with Postgres and Redis installed takes."""
     project = bake(tmp_path, ci="none", broker="rabbitmq")
     env = baked_env(DATABASE_URL=None, REDIS_URL=None)
-    result = run(["make", "test"], project, env)
+    assert_ok(run(["make", "install"], project, env), "make install")
+    with one_baked_suite_at_a_time():
+        result = run(["make", "test"], project, env)
     assert_ok(result, "make test on throwaway servers")
     passed = assert_all_passed_none_skipped(result.stdout)
     record_property("tests_passed_on_throwaway_servers", passed)
