@@ -99,25 +99,34 @@ def run_worker(extra_args: list[str]) -> int:
     worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
     worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
 
+    app.worker_main(worker_argv(settings, extra_args))
+    return 0
+
+
+def worker_argv(settings: Settings, extra_args: list[str]) -> list[str]:
+    """The worker's command line. Unless told otherwise, each worker names itself after its
+    PID: Celery's default node name (``celery@<host>``) is the same for every worker on a
+    machine, and on RabbitMQ the node's control queue (``<node>.celery.pidbox``) is exclusive,
+    so a second worker on the same broker dies at start with RESOURCE_LOCKED."""
     concurrency = (
         []
         if any(a.startswith(("-c", "--concurrency")) for a in extra_args)
         else [f"--concurrency={settings.worker_concurrency}"]
     )
-    app.worker_main(
-        [
+    named = any(a.startswith(("-n", "--hostname")) for a in extra_args)
+    hostname = [] if named else [f"--hostname={settings.celery_queue}-{os.getpid()}@%h"]
+    return [
             "worker",
             "--pool=prefork",
             "--loglevel=INFO",
             *concurrency,
+            *hostname,
             # Gossip and mingle chat with every other worker on the broker at start-up and
             # afterwards; nothing here needs them.
             "--without-gossip",
             "--without-mingle",
             *extra_args,
         ]
-    )
-    return 0
 
 
 def run_beat(extra_args: list[str]) -> int:
