@@ -38,6 +38,8 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
 )
 from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
+from {{ cookiecutter.project_slug }}.payments.provider import create_payment_provider
+from {{ cookiecutter.project_slug }}.payments.router import router as payments_router
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
@@ -71,12 +73,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         except Exception as exc:
             log.warning("jobs.broker_unreachable", error_type=type(exc).__name__)
     register_pool_metrics(app.state.metrics.registry, engine)
+    app.state.payments = create_payment_provider(settings, app)
     log.info("app.started", environment=settings.environment.value)
     try:
         # SIGTERM: fail readiness, keep serving DRAIN_SECONDS, then let the server stop.
         with app.state.drain.handle_sigterm():
             yield
     finally:
+        await app.state.payments.aclose()
         await app.state.purger.aclose()
         await app.state.cache.aclose()
         celery.close()
@@ -123,4 +127,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(products_router)
     app.include_router(orders_router)
     app.include_router(reports_router)
+    app.include_router(payments_router)
     return app

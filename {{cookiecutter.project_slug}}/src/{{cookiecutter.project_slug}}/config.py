@@ -169,6 +169,20 @@ class Settings(DatabaseSettings):
     # Pause between the days of a sales report: spreads a big report's reads on the primary.
     report_day_pause_seconds: float = Field(default=0.0, ge=0)
 
+    # --- payments and job leases (issue 12) ---
+    # "local": a signer inside the app that POSTs real signed webhooks (dev and tests). A real
+    # provider implements payments.provider.PaymentProvider.
+    payments_provider: Literal["local"] = "local"
+    # The HMAC key webhooks are signed with (the provider's "signing secret").
+    payments_webhook_secret: SecretStr = SecretStr("dev-only-webhook-secret")
+    # A webhook whose signed timestamp is further than this from now is refused (replay).
+    payments_webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    # Where the local signer POSTs; empty: into this app in-process (same routes, same checks).
+    payments_webhook_url: str = ""
+    # A running job's lease: renewed every third of this while it runs; a copy that finds it
+    # held backs off, and a lease this old (its worker died) is taken over.
+    job_lease_seconds: float = Field(default=60.0, gt=0)
+
     @field_validator("redis_url", "cache_redis_url")
     @classmethod
     def _redis_scheme(cls, value: str, info: ValidationInfo) -> str:

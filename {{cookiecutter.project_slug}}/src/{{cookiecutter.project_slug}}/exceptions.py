@@ -39,3 +39,8 @@ class Forbidden(ProblemError):
 class ServiceUnavailable(ProblemError):
     status: ClassVar[int] = 503
     title: ClassVar[str] = "Service Unavailable"
+
+
+class BadRequest(ProblemError):
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad Request"

@@ -64,6 +64,10 @@ class Job(UUIDv7PrimaryKey, Timestamps, Base):
     # Where the result lives when it is not in job_results (an object-storage key).
     result_key: Mapped[str | None] = mapped_column(String(512))
     started_at: Mapped[datetime | None]
+    # The lease of the run in progress: who runs it and until when (renewed while it runs).
+    # A second copy of the message finds it held and backs off; an expired one is taken over.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, Select, literal, select
+from sqlalchemy import Row, Select, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -132,6 +132,26 @@ class OrderRepository:
     async def get_by_idempotency_key(self, user_id: UUID, key: str) -> Order | None:
         result = await self.session.execute(by_idempotency_key(user_id, key))
         return result.scalar_one_or_none()
+
+    async def mark_paid(self, order_id: UUID, amount_cents: int) -> UUID | None:
+        """``pending -> paid``, only if the order is still pending and the amount is its
+        total; returns the buyer's id, or None when nothing changed.
+
+        One conditional UPDATE: it waits for a transaction holding the row (the expiry job's
+        ``FOR UPDATE``) and then re-checks the status, so an order the expiry cancelled is
+        never paid, and a paid order is never cancelled (the expiry re-checks too).
+        """
+        statement = (
+            update(Order)
+            .where(
+                Order.id == order_id,
+                Order.status == OrderStatus.pending,
+                Order.total_cents == amount_cents,
+            )
+            .values(status=OrderStatus.paid, updated_at=func.now())
+            .returning(Order.user_id)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def list_newest(
         self, user_id: UUID, *, after: Sequence[Any] | None, limit: int

@@ -177,6 +177,19 @@ async def _replay(
     return PlacedOrder(order=existing, replayed=True)
 
 
+async def mark_order_paid(session: AsyncSession, order_id: UUID, amount_cents: int) -> bool:
+    """The one place an order becomes paid (``pending -> paid``, conditional). Whatever must
+    happen when an order is paid (an outbox event, a receipt) hooks in here, in the same
+    transaction. False: the order was not payable (not pending, or another amount)."""
+    user_id = await OrderRepository(session).mark_paid(order_id, amount_cents)
+    if user_id is None:
+        log.info("order.not_payable", order_id=str(order_id))
+        return False
+    invalidate_after_commit(session, scopes=[summaries_scope(user_id)])
+    log.info("order.paid", order_id=str(order_id), amount_cents=amount_cents)
+    return True
+
+
 async def get_order(session: AsyncSession, user: User, order_id: UUID) -> Order:
     orders = OrderRepository(session)
     order = await orders.get_for_user(order_id, user.id)
