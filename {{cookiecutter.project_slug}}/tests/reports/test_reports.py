@@ -15,9 +15,17 @@ import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from {{ cookiecutter.project_slug }}.models import Job, JobStatus, Order, OrderItem, OrderStatus
+from {{ cookiecutter.project_slug }}.models import (
+    DeadLetter,
+    Job,
+    JobStatus,
+    Order,
+    OrderItem,
+    OrderStatus,
+)
 from tests.factories import make_product, make_user
 from tests.worker.helpers import eventually, finished, rows
+from tests.worker.test_queue import staff_token
 from tests.worker_harness import CeleryProcess, JobStack
 
 pytestmark = pytest.mark.load
@@ -201,3 +209,103 @@ async def test_a_report_whose_message_was_lost_is_sent_again_by_the_cleanup_job(
         found = await session.get(Job, job.id)
         assert found is not None
         assert found.attempts == 1
+
+
+async def report_job(engine: AsyncEngine, days: int, **fields: object) -> Job:
+    first = date(2001, 1, 1) + timedelta(days=random.randrange(8000))
+    last = first + timedelta(days=days - 1)
+    async with AsyncSession(engine, expire_on_commit=False) as session:
+        job = Job(
+            kind="reports.sales_report",
+            params={"start": first.isoformat(), "end": last.isoformat()},
+            **fields,
+        )
+        session.add(job)
+        await session.commit()
+    return job
+
+
+async def job_row(engine: AsyncEngine, job_id: object) -> Job:
+    async with AsyncSession(engine) as session:
+        found = await session.get(Job, job_id)
+        assert found is not None
+        return found
+
+
+async def test_a_duplicated_report_message_runs_once_on_two_workers(
+    job_stack: JobStack, workers: list[CeleryProcess], jobs_engine: AsyncEngine
+) -> None:
+    """Two copies of one report's message at once (the cleanup re-sent it during a backlog):
+    one worker takes the lease and runs it, the other finds the lease held and backs off."""
+    job = await report_job(jobs_engine, days=8)  # >= 2 s at PAUSE a day: the copies overlap
+    copies = [job_stack.send("reports.sales_report", job_id=str(job.id)) for _ in range(2)]
+
+    def both_finished() -> list[dict[str, object]]:
+        return [e for e in finished(workers, "reports.sales_report") if e["task_id"] in copies]
+
+    async def done() -> bool:
+        return len(both_finished()) == 2
+
+    await eventually(done, within=30, what="both copies of the report")
+    outcomes = sorted(str(event["outcome"]) for event in both_finished())
+    assert outcomes == ["duplicate", "succeeded"]
+    found = await job_row(jobs_engine, job.id)
+    assert found.status is JobStatus.succeeded
+    assert found.attempts == 1  # one run started the work, not two
+    assert found.lease_owner is None  # finishing released the lease
+
+
+async def test_a_report_on_an_expired_lease_is_taken_over(
+    job_stack: JobStack, workers: list[CeleryProcess], jobs_engine: AsyncEngine
+) -> None:
+    """A job left "running" by a worker that died: its lease expired, so the next copy runs."""
+    job = await report_job(
+        jobs_engine,
+        days=1,
+        status=JobStatus.running,
+        attempts=1,
+        lease_owner="a-worker-that-died",
+        lease_expires_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    job_stack.send("reports.sales_report", job_id=str(job.id))
+
+    async def succeeded() -> bool:
+        return (await job_row(jobs_engine, job.id)).status is JobStatus.succeeded
+
+    await eventually(succeeded, within=30, what="the taken-over report")
+    assert (await job_row(jobs_engine, job.id)).attempts == 2
+
+
+async def test_requeuing_a_dead_lettered_report_runs_it_again(
+    job_stack: JobStack,
+    workers: list[CeleryProcess],
+    jobs_engine: AsyncEngine,
+    live_client: AsyncClient,
+) -> None:
+    """Requeue resets the job row in the same transaction: the re-sent task runs the report
+    instead of finding the row failed and exiting as a duplicate."""
+    job = await report_job(jobs_engine, days=1, status=JobStatus.failed, error="boom")
+    async with AsyncSession(jobs_engine, expire_on_commit=False) as session:
+        dead = DeadLetter(
+            task_id=f"dead-{job.id}",
+            task_name="reports.sales_report",
+            kwargs={"job_id": str(job.id)},
+            error_type="RuntimeError",
+            error="boom",
+            attempts=4,
+        )
+        session.add(dead)
+        await session.commit()
+    token = await staff_token(live_client, jobs_engine)
+    response = await live_client.post(
+        f"/admin/dead-letters/{dead.id}/requeue", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 202, response.text
+
+    async def succeeded() -> bool:
+        return (await job_row(jobs_engine, job.id)).status is JobStatus.succeeded
+
+    await eventually(succeeded, within=30, what="the requeued report")
+    found = await job_row(jobs_engine, job.id)
+    assert found.error is None
+    assert found.attempts == 1

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,39 +28,82 @@ class JobRepository:
     async def get_result(self, job_id: UUID) -> JobResult | None:
         return await self.session.get(JobResult, job_id)
 
-    async def start(self, job_id: UUID) -> Job | None:
-        """Mark a delivery as started; None when the job already finished (a duplicate).
+    async def start(self, job_id: UUID, owner: str, lease_seconds: float) -> Job | None:
+        """Take the job's lease and mark it running; None when another run holds a live lease
+        or the job already finished (either way this delivery is a duplicate: back off).
 
-        A job still "running" may be started again: that is a redelivery after its worker
-        died, and the run it replaces will never finish.
+        A "running" job whose lease expired lost its worker: this delivery takes it over.
         """
+        lease_free = or_(
+            Job.status == JobStatus.queued,
+            and_(
+                Job.status == JobStatus.running,
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < func.now()),
+            ),
+        )
         statement = (
             update(Job)
-            .where(Job.id == job_id, Job.status.in_((JobStatus.queued, JobStatus.running)))
+            .where(Job.id == job_id, lease_free)
             .values(
                 status=JobStatus.running,
                 attempts=Job.attempts + 1,
                 started_at=func.coalesce(Job.started_at, func.now()),
+                lease_owner=owner,
+                lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
             )
             .returning(Job)
         )
         return (await self.session.scalars(statement)).one_or_none()
 
-    async def set_progress(self, job_id: UUID, percent: int) -> None:
-        await self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.running)
-            .values(progress=min(max(percent, 0), 100))
-        )
-
-    async def finish(
-        self, job_id: UUID, *, filename: str, content_type: str, content: bytes
+    async def set_progress(
+        self, job_id: UUID, percent: int, *, owner: str, lease_seconds: float
     ) -> bool:
-        """Store the result and mark the job succeeded, once: False if it already was."""
+        """Record progress and renew the lease; False when the lease is no longer ours (it
+        expired and another run took the job over: stop)."""
         statement = (
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.running)
-            .values(status=JobStatus.succeeded, progress=100, finished_at=func.now())
+            .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_owner == owner)
+            .values(
+                progress=min(max(percent, 0), 100),
+                lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
+            )
+            .returning(Job.id)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none() is not None
+
+    async def reset_for_requeue(self, job_id: UUID) -> bool:
+        """A failed job goes back to queued (its dead letter is being re-sent), so the task
+        starts it again instead of exiting as a duplicate. False if it was not failed."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.failed)
+            .values(
+                status=JobStatus.queued,
+                error=None,
+                progress=0,
+                finished_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            .returning(Job.id)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none() is not None
+
+    async def finish(
+        self, job_id: UUID, *, owner: str, filename: str, content_type: str, content: bytes
+    ) -> bool:
+        """Store the result and mark the job succeeded, once, by the lease holder: False if
+        it already was, or the lease passed to another run."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_owner == owner)
+            .values(
+                status=JobStatus.succeeded,
+                progress=100,
+                finished_at=func.now(),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
             .returning(Job.id)
         )
         if (await self.session.execute(statement)).scalar_one_or_none() is None:
@@ -76,7 +119,13 @@ class JobRepository:
         await self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.not_in(FINISHED))
-            .values(status=JobStatus.failed, error=error, finished_at=func.now())
+            .values(
+                status=JobStatus.failed,
+                error=error,
+                finished_at=func.now(),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         )
 
     async def list_dead_letters(
@@ -100,12 +149,17 @@ class JobRepository:
         return (await self.session.scalars(statement)).one_or_none()
 
     async def stalled(self, queued_before: datetime, limit: int = 500) -> list[Job]:
-        """Jobs still queued since before ``queued_before`` (their message was lost)."""
+        """Jobs whose message was lost: still queued since before ``queued_before``, or
+        running on a lease that expired (the worker died and no redelivery came)."""
         # Few rows are ever queued for long, and finished ones are deleted by age: the scan
         # stays small without an index of its own.
+        lost = or_(
+            and_(Job.status == JobStatus.queued, Job.created_at < queued_before),
+            and_(Job.status == JobStatus.running, Job.lease_expires_at < func.now()),
+        )
         statement = (
             select(Job)
-            .where(Job.status == JobStatus.queued, Job.created_at < queued_before)
+            .where(lost)
             .order_by(Job.created_at)
             .limit(limit)
         )

@@ -47,5 +47,10 @@ async def requeue_dead_letter(
     updated = await repository.mark_requeued(dead_letter_id, task_id)
     if updated is None:
         raise Conflict("This dead letter was already re-enqueued.")
+    job_id = dead.kwargs.get("job_id")
+    if isinstance(job_id, str):
+        # A job-backed task: its row goes back to queued in this same transaction, or the
+        # re-sent task would find it failed and exit as a duplicate.
+        await repository.reset_for_requeue(UUID(job_id))
     log.info("dead_letter.requeued", dead_letter_id=str(dead_letter_id), task_id=task_id)
     return updated, task_id

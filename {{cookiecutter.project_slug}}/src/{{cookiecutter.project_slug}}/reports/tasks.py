@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
+import secrets
+import socket
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 
@@ -29,9 +32,15 @@ async def generate_sales_report(ctx: WorkerContext, *, job_id: str) -> str:
     (its worker died) repeats the reading, never the write.
     """
     key = UUID(job_id)
+    # The lease: a second copy of this message (the cleanup job re-sent it during a backlog,
+    # or the broker redelivered it) finds it held and backs off; the lease is renewed with
+    # every day read, and one that expired (its worker died) is taken over.
+    owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    lease = ctx.settings.job_lease_seconds
     async with ctx.transaction() as session:
-        started = await JobRepository(session).start(key)
+        started = await JobRepository(session).start(key, owner, lease)
     if started is None:
+        log.info("report.lease_held", job_id=job_id)
         return "duplicate"
     first = date.fromisoformat(started.params["start"])
     last = date.fromisoformat(started.params["end"])
@@ -41,7 +50,12 @@ async def generate_sales_report(ctx: WorkerContext, *, job_id: str) -> str:
     for done, day in enumerate(days, start=1):
         async with ctx.transaction() as session:
             orders, revenue = await SalesRepository(session).sales_on(day)
-            await JobRepository(session).set_progress(key, done * 100 // len(days))
+            ours = await JobRepository(session).set_progress(
+                key, done * 100 // len(days), owner=owner, lease_seconds=lease
+            )
+        if not ours:
+            log.warning("report.lease_lost", job_id=job_id)
+            return "duplicate"
         rows.append((day.isoformat(), orders, revenue))
         # Spread a large report's reads over time: it shares the primary with live traffic.
         await asyncio.sleep(ctx.settings.report_day_pause_seconds)
@@ -53,6 +67,7 @@ async def generate_sales_report(ctx: WorkerContext, *, job_id: str) -> str:
     async with ctx.transaction() as session:
         finished = await JobRepository(session).finish(
             key,
+            owner=owner,
             filename=f"sales-{first.isoformat()}-{last.isoformat()}.csv",
             content_type="text/csv",
             content=buffer.getvalue().encode(),
