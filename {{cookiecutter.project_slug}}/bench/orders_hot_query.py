@@ -1,6 +1,7 @@
 """The seed's hot query at production size: a user's newest 50 orders among 1.2M.
 
-1. Creates a scratch database on DATABASE_URL's server, migrates it and seeds 1,200,000 orders
+1. Creates a scratch database on DATABASE_URL's server (unset: a throwaway server, as
+   ``make dev`` starts), migrates it and seeds 1,200,000 orders
    over 10,000 users with set-based SQL (``seed.seed_volume``), then VACUUM ANALYZE.
 2. Times the statement the API runs (``orders.repository.newest_for_user``, first page) for
    random users: EXPLAIN ANALYZE execution times, and p50/p99 of client-side wall time over many
@@ -46,6 +47,7 @@ from {{ cookiecutter.project_slug }}.patterns.plan_guard import explain_analyze,
 from {{ cookiecutter.project_slug }}.seed import Volume, seed_volume
 
 from .loadgen import LoadResult, run_load
+from .services import services
 
 RESULTS = Path(__file__).parent / "results" / "orders_hot_query.json"
 INDEXED = "{{ cookiecutter.project_slug }}_bench_orders"
@@ -293,10 +295,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
     parser.add_argument("--reuse", action="store_true", help="reuse kept scratch databases")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
-    if "DATABASE_URL" not in os.environ:
-        raise SystemExit("set DATABASE_URL to a Postgres server the benchmark may create on")
+    with services():  # DATABASE_URL / REDIS_URL, or throwaway servers (as make dev does)
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     volume = Volume(users=args.users, orders=args.rows, products=args.products)
     seed_seconds = prepare(volume, args.reuse)
     try:
@@ -343,8 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.output.parent.mkdir(exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"\n{args.rows:,} orders, {args.users:,} users, newest {PAGE} of one user")
     print(f"{'':<26}{'p50 ms':>10}{'p99 ms':>10}{'EXPLAIN ms':>12}")
@@ -361,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({args.connections} connections, {args.duration:g} s); "
         f"API CPU {cpu_ms} ms/request"
     )
-    print(f"-> {RESULTS}")
+    print(f"-> {args.output}")
     return results
 
 

@@ -71,7 +71,10 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.commit()
             # After the commit, before the response: a 2xx means caches and edge are clean.
             await run_after_commit(session)
-            # After the commit, before the response: a 2xx means the job is on the broker.
+            # After the commit, before the response: a 2xx means each job's publish was tried
+            # (with the broker client's retries). One that still failed is logged as
+            # jobs.publish_failed and is lost, unless a row records it: a report's jobs row
+            # stays queued and the cleanup job re-sends it (job_requeue_after_minutes).
             await publish_committed(session)
 
 

@@ -109,7 +109,12 @@ async def test_the_confirmation_leaves_after_the_commit_and_never_for_a_rolled_b
         return int(found) == 1
 
     await eventually(marker_done, within=30, what="the marker job")
-    await asyncio.sleep(0.5)
+
+    async def confirmation_logged() -> bool:
+        return len(finished(workers, CONFIRM)) - sent_before >= 1
+
+    # The committed order's confirmation has finished and logged: count from there.
+    await eventually(confirmation_logged, within=30, what="the confirmation's task.finished")
     orders = await scalar(jobs_engine, "SELECT count(*) FROM orders WHERE user_id = :u", u=buyer.id)
     assert orders == 1
     assert len(finished(workers, CONFIRM)) - sent_before == 1  # the committed order only

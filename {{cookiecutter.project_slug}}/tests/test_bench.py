@@ -1,0 +1,37 @@
+"""``make bench`` in a fresh bake, nothing set: the benchmarks start throwaway servers, as
+``make dev`` and ``make test`` do, instead of stopping with "set DATABASE_URL"."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.project_slug }}.devstack.servers import find_postgres_binary
+
+pytestmark = pytest.mark.load
+
+PROJECT_DIR = Path(__file__).parents[1]
+
+
+@pytest.mark.skipif(
+    find_postgres_binary("initdb") is None, reason="PostgreSQL server binaries not installed"
+)
+def test_the_hot_query_benchmark_runs_with_nothing_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    output = tmp_path / "orders_hot_query.json"
+    # A tiny volume: this proves the path, not the figure.
+    command = [sys.executable, "-m", "bench.orders_hot_query", "--rows", "2000", "--users", "20"]
+    command += ["--products", "20", "--runs", "20", "--unindexed-runs", "2", "--duration", "1"]
+    command += ["--connections", "2", "--output", str(output)]
+    result = subprocess.run(
+        command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(output.read_text())
+    assert figures["rows"] == 2000
+    assert figures["indexed_runs"] == 20
