@@ -16,7 +16,8 @@ async def test_a_sent_notification_is_delivered_and_cleanup_deletes_it_after_ret
     session: AsyncSession,
 ) -> None:
     await OutboxNotifier().send(
-        session, Message(recipient="a@example.com", subject="Hi", body="Hello", idempotency_key="k1")
+        session,
+        Message(recipient="a@example.com", subject="Hi", body="Hello", idempotency_key="k1"),
     )
     [delivered_at] = (await session.scalars(select(Notification.delivered_at))).all()
     assert delivered_at is not None

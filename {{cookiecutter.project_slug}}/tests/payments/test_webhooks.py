@@ -4,6 +4,7 @@ bad and stale signatures without writing, and applies each event id once."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from uuid import UUID, uuid4
 
@@ -69,12 +70,14 @@ async def test_bad_and_stale_signatures_are_400s_that_write_nothing(
     product = await make_product(session, price_cents=300, stock=5)
     order = await place(app_client, buyer, product.id)
     secret = settings.payments_webhook_secret.get_secret_value()
-    common = {"order_id": UUID(str(order["id"])), "amount_cents": 600, "payment_id": "pay_x"}
+    sign = functools.partial(
+        signed_event, order_id=UUID(str(order["id"])), amount_cents=600, payment_id="pay_x"
+    )
 
-    forged, forged_headers = signed_event("not-the-secret", event_id="evt_forged", **common)
+    forged, forged_headers = sign("not-the-secret", event_id="evt_forged")
     stale_at = int(time.time()) - settings.payments_webhook_tolerance_seconds - 60
-    stale, stale_headers = signed_event(secret, event_id="evt_stale", timestamp=stale_at, **common)
-    good, good_headers = signed_event(secret, event_id="evt_good", **common)
+    stale, stale_headers = sign(secret, event_id="evt_stale", timestamp=stale_at)
+    good, good_headers = sign(secret, event_id="evt_good")
     attempts = [
         (forged, forged_headers),
         (stale, stale_headers),

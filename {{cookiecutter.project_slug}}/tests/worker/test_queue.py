@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
@@ -378,12 +378,15 @@ async def test_worker_metrics_expose_outcomes_durations_and_queue_depth(
         subject="s",
         body=".",
     )
+
     def scraped() -> str:
         return "\n".join(worker.metrics() for worker in workers)
 
     async def counted() -> bool:
         return (
-            metric_value(scraped(), "celery_task_queue_wait_seconds_count", task="notifications.send")
+            metric_value(
+                scraped(), "celery_task_queue_wait_seconds_count", task="notifications.send"
+            )
             >= 1
         )
 

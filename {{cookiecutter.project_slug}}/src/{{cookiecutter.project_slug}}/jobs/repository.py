@@ -157,12 +157,7 @@ class JobRepository:
             and_(Job.status == JobStatus.queued, Job.created_at < queued_before),
             and_(Job.status == JobStatus.running, Job.lease_expires_at < func.now()),
         )
-        statement = (
-            select(Job)
-            .where(lost)
-            .order_by(Job.created_at)
-            .limit(limit)
-        )
+        statement = select(Job).where(lost).order_by(Job.created_at).limit(limit)
         return list((await self.session.scalars(statement)).all())
 
     async def delete_stale(self, cutoff: datetime) -> dict[str, int]:

@@ -21,9 +21,7 @@ class PaymentEvent(Base):
     type: Mapped[str] = mapped_column(String(64))
     # Indexed: the foreign key (orders are never deleted, but the check needs it) and "the
     # events of an order" when support asks.
-    order_id: Mapped[UUID] = mapped_column(
-        ForeignKey("orders.id", ondelete="RESTRICT"), index=True
-    )
+    order_id: Mapped[UUID] = mapped_column(ForeignKey("orders.id", ondelete="RESTRICT"), index=True)
     amount_cents: Mapped[int] = mapped_column(BigInteger)
     # What the event did: "paid", or "ignored" (the order was no longer pending, say it
     # expired first; a real shop refunds those).

@@ -13,9 +13,7 @@ class PaymentEventRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def record(
-        self, *, event_id: str, type: str, order_id: UUID, amount_cents: int
-    ) -> bool:
+    async def record(self, *, event_id: str, type: str, order_id: UUID, amount_cents: int) -> bool:
         """Record the event once; False when this event id was recorded before.
 
         ON CONFLICT on the primary key: a concurrent delivery of the same event waits for the

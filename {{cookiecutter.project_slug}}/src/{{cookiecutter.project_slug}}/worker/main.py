@@ -116,17 +116,17 @@ def worker_argv(settings: Settings, extra_args: list[str]) -> list[str]:
     named = any(a.startswith(("-n", "--hostname")) for a in extra_args)
     hostname = [] if named else [f"--hostname={settings.celery_queue}-{os.getpid()}@%h"]
     return [
-            "worker",
-            "--pool=prefork",
-            "--loglevel=INFO",
-            *concurrency,
-            *hostname,
-            # Gossip and mingle chat with every other worker on the broker at start-up and
-            # afterwards; nothing here needs them.
-            "--without-gossip",
-            "--without-mingle",
-            *extra_args,
-        ]
+        "worker",
+        "--pool=prefork",
+        "--loglevel=INFO",
+        *concurrency,
+        *hostname,
+        # Gossip and mingle chat with every other worker on the broker at start-up and
+        # afterwards; nothing here needs them.
+        "--without-gossip",
+        "--without-mingle",
+        *extra_args,
+    ]
 
 
 def run_beat(extra_args: list[str]) -> int:
