@@ -7,8 +7,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import assert_ok, bake, baked_env, run, uv
+from tests.conftest import TEMPLATE, assert_ok, bake, baked_env, run, uv
 
 # One-off toggles and the meaningful pairs. Components add their answers here as they land.
 SUPPORTED_COMBINATIONS: list[dict[str, str]] = [
@@ -67,3 +68,32 @@ def test_combination_bakes_clean(tmp_path: Path, typing_env: Path, answers: dict
     assert_ok(run([ruff, "format", "--check", "."], project, env), "ruff format --check")
     mypy = [str(typing_env / "bin" / "mypy"), "--python-executable", str(typing_env / "bin/python")]
     assert_ok(run(mypy, project, env), "mypy --strict")
+
+
+def test_the_baked_ci_workflow_starts_what_make_test_needs_and_checks_the_image(
+    tmp_path: Path,
+) -> None:
+
+    project = bake(tmp_path)
+    workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
+    test_job = workflow["jobs"]["lint-and-test"]
+    # make test needs Postgres, Redis and RabbitMQ (TEST_BROKERS defaults to both brokers).
+    assert set(test_job["services"]) >= {"postgres", "redis", "rabbitmq"}
+    assert test_job["services"]["rabbitmq"]["ports"] == ["5672:5672"]
+    runs = "\n".join(step.get("run", "") for step in test_job["steps"])
+    assert "varnish" in runs  # the edge proofs fail without it
+    assert "make test" in runs
+    assert "make lint" in runs
+    image = "\n".join(step.get("run", "") for step in workflow["jobs"]["image"]["steps"])
+    assert "docker build" in image
+    assert "{{.State.Health.Status}}" in image  # rendered, not eaten by Jinja
+    assert "uv lock" in image  # the Dockerfile copies uv.lock and syncs --locked
+
+
+def test_fastapi_floor_has_dependency_scopes() -> None:
+    """``Depends(scope="function")`` (postgres.py) arrived in FastAPI 0.121."""
+    project = TEMPLATE / "{{cookiecutter.project_slug}}"
+    dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert any(re.fullmatch(r"fastapi>=0\.12[1-9].*|fastapi>=0\.1[3-9].*", d) for d in dependencies)
