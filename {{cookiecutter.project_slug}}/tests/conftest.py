@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -413,3 +414,16 @@ async def live_client(job_stack: JobStack) -> AsyncIterator[AsyncClient]:
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
+
+
+VARNISH_HINT = (
+    "varnishd is not installed: the edge proofs need it (Debian/Ubuntu: "
+    "`apt-get install varnish`, macOS: `brew install varnish`)"
+)
+
+
+@pytest.fixture(scope="session")
+def varnish_installed() -> None:
+    """Fail, never skip, where Varnish is missing: a skipped edge proof proves nothing."""
+    if not (shutil.which("varnishd") or shutil.which("varnishd", path="/usr/sbin:/usr/local/sbin")):
+        pytest.fail(VARNISH_HINT, pytrace=False)

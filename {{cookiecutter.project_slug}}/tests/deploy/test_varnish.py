@@ -14,7 +14,7 @@ from tests.deploy.conftest import DEPLOY, run, traefik_static
 VARNISHD = shutil.which("varnishd") or shutil.which("varnishd", path="/usr/sbin:/usr/local/sbin")
 
 
-@pytest.mark.skipif(VARNISHD is None, reason="varnishd is not installed (apt-get install varnish)")
+@pytest.mark.usefixtures("varnish_installed")
 def test_the_vcl_compiles(tmp_path: Path) -> None:
     assert VARNISHD is not None
     # As `make dev` does: a local backend.vcl first in vcl_path, then deploy/varnish.
