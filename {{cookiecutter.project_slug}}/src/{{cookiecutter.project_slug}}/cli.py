@@ -55,6 +55,26 @@ def _beat(args: argparse.Namespace) -> int:
     return run_beat(args.celery_args)
 
 
+def _relay(_: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.logging import configure_logging
+    from {{ cookiecutter.project_slug }}.pubsub.runner import run_relay
+
+    settings = Settings()
+    configure_logging(settings)
+    asyncio.run(run_relay(settings))
+    return 0
+
+
+def _consumers(_: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.logging import configure_logging
+    from {{ cookiecutter.project_slug }}.pubsub.runner import run_consumers
+
+    settings = Settings()
+    configure_logging(settings)
+    asyncio.run(run_consumers(settings))
+    return 0
+
+
 def _migrate(_: argparse.Namespace) -> int:
     from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 
@@ -110,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         "beat", help="run the scheduler (RedBeat: start two, one fires, one stands by)"
     )
     beat.set_defaults(handler=_beat, passes_through=True)
+
+    commands.add_parser(
+        "relay", help="publish committed outbox events to Redis Streams (run one or more)"
+    ).set_defaults(handler=_relay)
+    commands.add_parser(
+        "consumers", help="run the event consumer groups (inbox: each effect once)"
+    ).set_defaults(handler=_consumers)
 
     commands.add_parser("migrate", help="apply migrations").set_defaults(handler=_migrate)
     commands.add_parser("seed", help="insert sample data").set_defaults(handler=_seed)

@@ -169,6 +169,20 @@ class Settings(DatabaseSettings):
     # Pause between the days of a sales report: spreads a big report's reads on the primary.
     report_day_pause_seconds: float = Field(default=0.0, ge=0)
 
+    # --- pub-sub: outbox, relay, stream consumers (issue 10) ---
+    # Stream names are this prefix + the aggregate type (events:order, events:product).
+    events_stream_prefix: str = "events:"
+    # XADD MAXLEN ~: how many entries each stream keeps (the Last-Event-ID resume window).
+    events_stream_maxlen: int = Field(default=100_000, ge=100)
+    outbox_poll_interval: float = Field(default=0.1, gt=0)
+    outbox_batch_size: int = Field(default=500, ge=1)
+    # Published outbox rows older than this are purged by the scheduled cleanup.
+    outbox_retention_hours: float = Field(default=24.0, gt=0)
+    # A consumer's pending message idle this long is claimed by another (XAUTOCLAIM).
+    consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
+    # Deliveries before an event goes to the dead letters.
+    consumer_max_deliveries: int = Field(default=5, ge=1)
+
     @field_validator("redis_url", "cache_redis_url")
     @classmethod
     def _redis_scheme(cls, value: str, info: ValidationInfo) -> str:

@@ -27,10 +27,9 @@ from {{ cookiecutter.project_slug }}.caching import bind_invalidation
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.after_commit import (
     AfterCommitJobs,
+    finish_commit,
     jobs_for,
-    publish_committed,
 )
-from {{ cookiecutter.project_slug }}.patterns.on_commit import run_after_commit
 
 
 def create_engine(settings: Settings, *, application_name: str = "api") -> AsyncEngine:
@@ -69,10 +68,9 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
-            # After the commit, before the response: a 2xx means caches and edge are clean.
-            await run_after_commit(session)
-            # After the commit, before the response: a 2xx means the job is on the broker.
-            await publish_committed(session)
+            # After the commit, before the response: a 2xx means caches and edge are clean
+            # and the job is on the broker. Workers finish their transactions the same way.
+            await finish_commit(session)
 
 
 # scope="function": the commit happens before the response leaves, so a client never sees a

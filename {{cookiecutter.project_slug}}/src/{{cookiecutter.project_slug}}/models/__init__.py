@@ -6,6 +6,7 @@ from {{ cookiecutter.project_slug }}.models.idempotency import IdempotencyKey
 from {{ cookiecutter.project_slug }}.models.job import FINISHED, Job, JobResult, JobStatus
 from {{ cookiecutter.project_slug }}.models.notification import Notification
 from {{ cookiecutter.project_slug }}.models.order import Order, OrderItem, OrderStatus
+from {{ cookiecutter.project_slug }}.models.outbox import InboxEntry, OutboxEvent
 from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
 from {{ cookiecutter.project_slug }}.models.revenue import DailyRevenue
 from {{ cookiecutter.project_slug }}.models.user import User
@@ -16,6 +17,7 @@ __all__ = [
     "DailyRevenue",
     "DeadLetter",
     "IdempotencyKey",
+    "InboxEntry",
     "Inventory",
     "Job",
     "JobResult",
@@ -24,6 +26,7 @@ __all__ = [
     "Order",
     "OrderItem",
     "OrderStatus",
+    "OutboxEvent",
     "Product",
     "User",
 ]
