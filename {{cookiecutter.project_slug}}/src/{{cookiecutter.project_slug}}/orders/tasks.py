@@ -77,6 +77,11 @@ async def send_order_confirmation(ctx: WorkerContext, *, order_id: str) -> str:
 
 @job("orders.expire_unpaid")
 async def expire_unpaid_orders(ctx: WorkerContext) -> int:
+    """The scheduled job: :func:`expire_unpaid`."""
+    return await expire_unpaid(ctx)
+
+
+async def expire_unpaid(ctx: WorkerContext) -> int:
     """Cancel pending orders older than the payment timeout and put their stock back.
 
     Batches of ``EXPIRE_UNPAID_BATCH_SIZE``, oldest first, read through the partial index on
