@@ -50,6 +50,11 @@ async def prefix(redis: Redis) -> AsyncIterator[str]:
         await redis.delete(*keys)
 
 
+async def entries(redis: Redis, stream: str) -> list[tuple[Any, dict[Any, Any]]]:
+    reply: Any = await redis.xrange(stream)
+    return list(reply)
+
+
 def event(aggregate_id: str, n: int) -> Event:
     return Event(
         type="thing.changed", aggregate_type="thing", aggregate_id=aggregate_id, payload={"n": n}
@@ -75,7 +80,7 @@ async def test_rollback_publishes_nothing_and_nothing_is_visible_before_commit(
         await outbox.add(session, event("a", 2))
         await session.commit()
     assert await relay.publish_batch() == 1
-    [(_, fields)] = await redis.xrange(stream)
+    [(_, fields)] = await entries(redis, stream)
     assert Event.from_json(fields[b"event"]).payload == {"n": 2}
     async with committed_engine.connect() as conn:
         assert (
@@ -298,7 +303,7 @@ async def test_every_group_handles_every_event_once_in_order_through_sigkills(
     actual: dict[str, list[UUID]] = defaultdict(list)
     seen: set[UUID] = set()
     for stream in (f"{prefix}order", f"{prefix}product"):
-        for _, fields in await redis.xrange(stream):
+        for _, fields in await entries(redis, stream):
             e = Event.from_json(fields[b"event"])
             if e.event_id not in seen:
                 seen.add(e.event_id)
