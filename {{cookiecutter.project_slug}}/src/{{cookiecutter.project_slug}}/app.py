@@ -6,6 +6,7 @@ command does, with uvloop and httptools).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,8 +39,13 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
 )
 from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
+from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
+from {{ cookiecutter.project_slug }}.pubsub.events import ORDER, PRODUCT
+from {{ cookiecutter.project_slug }}.pubsub.metrics import PubSubMetrics, refresh_pubsub_metrics
+from {{ cookiecutter.project_slug }}.pubsub.router import decode_entry
+from {{ cookiecutter.project_slug }}.pubsub.router import router as events_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
 from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery, warm_up
@@ -71,12 +77,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         except Exception as exc:
             log.warning("jobs.broker_unreachable", error_type=type(exc).__name__)
     register_pool_metrics(app.state.metrics.registry, engine)
+    # One Redis Streams reader per process for every SSE client (patterns/sse.py).
+    app.state.fanout = Fanout(
+        redis,
+        [f"{settings.events_stream_prefix}{PRODUCT}", f"{settings.events_stream_prefix}{ORDER}"],
+        decode=decode_entry,
+        queue_size=settings.sse_queue_size,
+    )
+    await app.state.fanout.start()
+    # begin() runs inside the SIGTERM handler: the drain itself runs on the loop, next tick.
+    loop = asyncio.get_running_loop()
+    app.state.drain.on_begin(lambda: loop.call_soon_threadsafe(app.state.fanout.drain))
+    pubsub_metrics = asyncio.create_task(
+        refresh_pubsub_metrics(app.state.pubsub_metrics, engine, redis, settings)
+    )
     log.info("app.started", environment=settings.environment.value)
     try:
         # SIGTERM: fail readiness, keep serving DRAIN_SECONDS, then let the server stop.
         with app.state.drain.handle_sigterm():
             yield
     finally:
+        pubsub_metrics.cancel()
+        await app.state.fanout.stop()
         await app.state.purger.aclose()
         await app.state.cache.aclose()
         celery.close()
@@ -101,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = HttpMetrics(CollectorRegistry())
     app.state.drain = Drain(settings.drain_seconds)
+    app.state.pubsub_metrics = PubSubMetrics(app.state.metrics.registry, lambda: app.state.fanout)
 
     install_problem_handlers(app)
 
@@ -123,4 +146,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(products_router)
     app.include_router(orders_router)
     app.include_router(reports_router)
+    app.include_router(events_router)
     return app

@@ -182,6 +182,11 @@ class Settings(DatabaseSettings):
     consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
     # Deliveries before an event goes to the dead letters.
     consumer_max_deliveries: int = Field(default=5, ge=1)
+    # SSE: events queued per client before it is dropped as too slow; heartbeat comment period;
+    # a write to a client blocked this long drops it too.
+    sse_queue_size: int = Field(default=256, ge=1)
+    sse_heartbeat_seconds: int = Field(default=15, ge=1)
+    sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("redis_url", "cache_redis_url")
     @classmethod

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -31,23 +30,6 @@ from {{ cookiecutter.project_slug }}.pubsub.handlers import record_dead_letter
 from tests.conftest import LiveServer
 from tests.factories import insert_products, insert_users
 from tests.orders.test_contention import line, post_all
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def prefix(redis: Redis) -> AsyncIterator[str]:
-    """A stream namespace of this test's own; deleted afterwards (never FLUSHDB)."""
-    value = f"test-events-{secrets.token_hex(4)}:"
-    yield value
-    keys = [key async for key in redis.scan_iter(match=f"{value}*")]
-    if keys:
-        await redis.delete(*keys)
 
 
 async def entries(redis: Redis, stream: str) -> list[tuple[Any, dict[Any, Any]]]:
