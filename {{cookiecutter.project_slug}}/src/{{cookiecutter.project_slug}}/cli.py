@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     dev.set_defaults(handler=_dev)
 
     check = commands.add_parser("healthcheck", help="exit 0 when this container's role is healthy")
-    check.add_argument("role", nargs="?", default="api", choices=["api", "worker", "beat"])
+    check.add_argument(
+        "role", nargs="?", default="api", choices=["api", "worker", "beat", "relay", "consumers"]
+    )
     check.set_defaults(handler=_healthcheck)
 
     # worker/beat hand every option they do not know to Celery's own command line.

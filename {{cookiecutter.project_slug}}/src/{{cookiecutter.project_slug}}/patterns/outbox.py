@@ -250,3 +250,11 @@ async def purge_published(session: AsyncSession, older_than: timedelta) -> int:
         text("DELETE FROM outbox WHERE published_at < now() - :age"), {"age": older_than}
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def purge_inbox(session: AsyncSession, before: datetime) -> int:
+    """Delete consumers' inbox rows handled before ``before``; returns how many."""
+    result = await session.execute(
+        text("DELETE FROM inbox WHERE handled_at < :before"), {"before": before}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -7,6 +7,7 @@ batch finishes; nothing is acked or marked that was not done).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -26,8 +27,20 @@ from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessi
 from {{ cookiecutter.project_slug }}.pubsub.events import stream_name
 from {{ cookiecutter.project_slug }}.pubsub.handlers import SUBSCRIPTIONS, Subscription, record_dead_letter
 from {{ cookiecutter.project_slug }}.redis import create_redis
+from {{ cookiecutter.project_slug }}.worker.heartbeat import HEARTBEAT_EVERY, heartbeat_file
 
 log = structlog.get_logger(__name__)
+
+
+async def _beat(role: str, stop: asyncio.Event) -> None:
+    """The container health check's heartbeat, from the event loop itself: a hung loop stops
+    beating and the process is restarted."""
+    path = heartbeat_file(role)
+    while not stop.is_set():
+        path.touch()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_EVERY)
+    path.unlink(missing_ok=True)
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -53,8 +66,9 @@ async def run_relay(settings: Settings) -> None:
         poll_interval=settings.outbox_poll_interval,
     )
     log.info("outbox.relay_started")
+    stop = _stop_on_signals()
     try:
-        await relay.run(_stop_on_signals())
+        await asyncio.gather(relay.run(stop), _beat("relay", stop))
     finally:
         log.info("outbox.relay_stopped", published=relay.published)
         await redis.aclose()
@@ -106,7 +120,9 @@ async def run_consumers(
     stop = _stop_on_signals()
     log.info("events.consumers_started", groups=[c.group for c in consumers], name=name)
     try:
-        await asyncio.gather(*(consumer.run(stop) for consumer in consumers))
+        await asyncio.gather(
+            *(consumer.run(stop) for consumer in consumers), _beat("consumers", stop)
+        )
     finally:
         await purger.aclose()
         await cache.aclose()
