@@ -1,9 +1,11 @@
 """``make bench``: run every benchmark in turn."""
 
-from . import http_core, orders_hot_query, read_path
+from . import http_core, orders_hot_query, pubsub, read_path
 
 http_core.main()
 # Starts the local stack twice (cache on, cache off): about a minute.
 read_path.main()
 # Seeds 1.2M orders into scratch databases (a few minutes); see its docstring for options.
 orders_hot_query.main([])
+# Three API instances and 1,000 SSE subscribers (--subscribers 10000 for the issue's figure).
+pubsub.main([])

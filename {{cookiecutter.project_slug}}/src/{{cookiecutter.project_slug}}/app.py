@@ -83,6 +83,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         [f"{settings.events_stream_prefix}{PRODUCT}", f"{settings.events_stream_prefix}{ORDER}"],
         decode=decode_entry,
         queue_size=settings.sse_queue_size,
+        # Below the client's socket timeout, or every idle XREAD would end in a timeout error.
+        block_ms=max(10, int(settings.redis_socket_timeout * 1000 * 0.6)),
     )
     await app.state.fanout.start()
     # begin() runs inside the SIGTERM handler: the drain itself runs on the loop, next tick.
