@@ -100,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         pubsub_metrics.cancel()
+        await asyncio.wait({pubsub_metrics}, timeout=2.0)
         await app.state.fanout.stop()
         await app.state.purger.aclose()
         await app.state.cache.aclose()

@@ -92,14 +92,24 @@ class Fanout:
         self._draining = False
 
     async def start(self) -> None:
-        # "$" resolved once, now: entries after this point go live; older ones are history.
-        last: dict[str, str] = {}
-        for stream in self.streams:
-            newest: Any = await self.redis.xrevrange(stream, count=1)
-            last[stream] = _id(newest[0][0]) if newest else "0-0"
-        self._task = asyncio.create_task(self._read(last))
+        # No Redis call here: the app starts (and reports Redis in /readyz) while Redis is down.
+        self._task = asyncio.create_task(self._read())
 
-    async def _read(self, last: dict[str, str]) -> None:
+    async def _positions(self) -> dict[str, str]:
+        # "$" resolved once: entries after this point go live; older ones are history.
+        while True:
+            try:
+                last: dict[str, str] = {}
+                for stream in self.streams:
+                    newest: Any = await self.redis.xrevrange(stream, count=1)
+                    last[stream] = _id(newest[0][0]) if newest else "0-0"
+                return last
+            except Exception:
+                log.warning("sse.reader_waiting_for_redis")
+                await asyncio.sleep(1.0)
+
+    async def _read(self) -> None:
+        last = await self._positions()
         while True:
             try:
                 positions: dict[Any, Any] = dict(last)
@@ -133,8 +143,8 @@ class Fanout:
         self.drain()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a reader stuck in a socket read must not hold the shutdown.
+            await asyncio.wait({self._task}, timeout=2.0)
 
     def drain(self) -> None:
         """Tell every client to reconnect elsewhere (SIGTERM); new ones are refused."""
