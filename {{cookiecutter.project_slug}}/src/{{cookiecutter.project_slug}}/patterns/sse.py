@@ -24,7 +24,6 @@ disconnect watch), orjson, structlog.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
