@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark in turn, on the configured or throwaway servers."""
 
-from . import http_core, orders_hot_query, read_path
+from . import http_core, orders_hot_query, pubsub, read_path
 from .services import services
 
 with services():
@@ -9,3 +9,5 @@ with services():
     read_path.main()
     # Seeds 1.2M orders into scratch databases (a few minutes); see its docstring for options.
     orders_hot_query.main([])
+    # Three API instances and 1,000 SSE subscribers (--subscribers 10000 for the issue's figure).
+    pubsub.main([])

@@ -67,6 +67,10 @@ sub vcl_recv {
     if (req.method != "GET" && req.method != "HEAD") {
         return (pass);
     }
+    # Live event streams: one per client, never stored, never coalesced on a waiting list.
+    if (req.url ~ "^/events/") {
+        return (pass);
+    }
     # Credentials mean a user-specific answer: it must never come from, or go into, the
     # shared cache, whatever headers the origin sends.
     if (req.http.Authorization || req.http.Cookie) {

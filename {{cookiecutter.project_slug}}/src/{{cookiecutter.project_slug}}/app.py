@@ -6,6 +6,7 @@ command does, with uvloop and httptools).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -40,8 +41,13 @@ from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_han
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.payments.provider import create_payment_provider
 from {{ cookiecutter.project_slug }}.payments.router import router as payments_router
+from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
+from {{ cookiecutter.project_slug }}.pubsub.events import ORDER, PRODUCT
+from {{ cookiecutter.project_slug }}.pubsub.metrics import PubSubMetrics, refresh_pubsub_metrics
+from {{ cookiecutter.project_slug }}.pubsub.router import decode_entry
+from {{ cookiecutter.project_slug }}.pubsub.router import router as events_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
 from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery, warm_up
@@ -74,6 +80,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.warning("jobs.broker_unreachable", error_type=type(exc).__name__)
     register_pool_metrics(app.state.metrics.registry, engine)
     app.state.payments = create_payment_provider(settings, app)
+    # One Redis Streams reader per process for every SSE client (patterns/sse.py).
+    app.state.fanout = Fanout(
+        redis,
+        [f"{settings.events_stream_prefix}{PRODUCT}", f"{settings.events_stream_prefix}{ORDER}"],
+        decode=decode_entry,
+        queue_size=settings.sse_queue_size,
+        # Below the client's socket timeout, or every idle XREAD would end in a timeout error.
+        block_ms=max(10, int(settings.redis_socket_timeout * 1000 * 0.6)),
+    )
+    await app.state.fanout.start()
+    # begin() runs inside the SIGTERM handler: the drain itself runs on the loop, next tick.
+    loop = asyncio.get_running_loop()
+    app.state.drain.on_begin(lambda: loop.call_soon_threadsafe(app.state.fanout.drain))
+    pubsub_metrics = asyncio.create_task(
+        refresh_pubsub_metrics(app.state.pubsub_metrics, engine, redis, settings)
+    )
     log.info("app.started", environment=settings.environment.value)
     try:
         # SIGTERM: fail readiness, keep serving DRAIN_SECONDS, then let the server stop.
@@ -81,6 +103,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         await app.state.payments.aclose()
+        pubsub_metrics.cancel()
+        await asyncio.wait({pubsub_metrics}, timeout=2.0)
+        await app.state.fanout.stop()
         await app.state.purger.aclose()
         await app.state.cache.aclose()
         celery.close()
@@ -105,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = HttpMetrics(CollectorRegistry())
     app.state.drain = Drain(settings.drain_seconds)
+    app.state.pubsub_metrics = PubSubMetrics(app.state.metrics.registry, lambda: app.state.fanout)
 
     install_problem_handlers(app)
 
@@ -128,4 +154,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(orders_router)
     app.include_router(reports_router)
     app.include_router(payments_router)
+    app.include_router(events_router)
     return app

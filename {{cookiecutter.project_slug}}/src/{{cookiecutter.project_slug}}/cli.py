@@ -55,6 +55,26 @@ def _beat(args: argparse.Namespace) -> int:
     return run_beat(args.celery_args)
 
 
+def _relay(_: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.logging import configure_logging
+    from {{ cookiecutter.project_slug }}.pubsub.runner import run_relay
+
+    settings = Settings()
+    configure_logging(settings)
+    asyncio.run(run_relay(settings))
+    return 0
+
+
+def _consumers(_: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.logging import configure_logging
+    from {{ cookiecutter.project_slug }}.pubsub.runner import run_consumers
+
+    settings = Settings()
+    configure_logging(settings)
+    asyncio.run(run_consumers(settings))
+    return 0
+
+
 def _migrate(_: argparse.Namespace) -> int:
     from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 
@@ -111,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     beat.set_defaults(handler=_beat, passes_through=True)
 
+    commands.add_parser(
+        "relay", help="publish committed outbox events to Redis Streams (run one or more)"
+    ).set_defaults(handler=_relay)
+    commands.add_parser(
+        "consumers", help="run the event consumer groups (inbox: each effect once)"
+    ).set_defaults(handler=_consumers)
+
     commands.add_parser("migrate", help="apply migrations").set_defaults(handler=_migrate)
     commands.add_parser("seed", help="insert sample data").set_defaults(handler=_seed)
 
@@ -122,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     dev.set_defaults(handler=_dev)
 
     check = commands.add_parser("healthcheck", help="exit 0 when this container's role is healthy")
-    check.add_argument("role", nargs="?", default="api", choices=["api", "worker", "beat"])
+    check.add_argument(
+        "role", nargs="?", default="api", choices=["api", "worker", "beat", "relay", "consumers"]
+    )
     check.set_defaults(handler=_healthcheck)
 
     # worker/beat hand every option they do not know to Celery's own command line.

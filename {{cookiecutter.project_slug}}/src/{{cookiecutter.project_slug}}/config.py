@@ -182,6 +182,24 @@ class Settings(DatabaseSettings):
     # A running job's lease: renewed every third of this while it runs; a copy that finds it
     # held backs off, and a lease this old (its worker died) is taken over.
     job_lease_seconds: float = Field(default=60.0, gt=0)
+    # --- pub-sub: outbox, relay, stream consumers (issue 10) ---
+    # Stream names are this prefix + the aggregate type (events:order, events:product).
+    events_stream_prefix: str = "events:"
+    # XADD MAXLEN ~: how many entries each stream keeps (the Last-Event-ID resume window).
+    events_stream_maxlen: int = Field(default=100_000, ge=100)
+    outbox_poll_interval: float = Field(default=0.1, gt=0)
+    outbox_batch_size: int = Field(default=500, ge=1)
+    # Published outbox rows older than this are purged by the scheduled cleanup.
+    outbox_retention_hours: float = Field(default=24.0, gt=0)
+    # A consumer's pending message idle this long is claimed by another (XAUTOCLAIM).
+    consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
+    # Deliveries before an event goes to the dead letters.
+    consumer_max_deliveries: int = Field(default=5, ge=1)
+    # SSE: events queued per client before it is dropped as too slow; heartbeat comment period;
+    # a write to a client blocked this long drops it too.
+    sse_queue_size: int = Field(default=256, ge=1)
+    sse_heartbeat_seconds: int = Field(default=15, ge=1)
+    sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("redis_url", "cache_redis_url")
     @classmethod

@@ -27,10 +27,9 @@ from {{ cookiecutter.project_slug }}.caching import bind_invalidation
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.after_commit import (
     AfterCommitJobs,
+    finish_commit,
     jobs_for,
-    publish_committed,
 )
-from {{ cookiecutter.project_slug }}.patterns.on_commit import run_after_commit
 
 
 def create_engine(settings: Settings, *, application_name: str = "api") -> AsyncEngine:
@@ -69,13 +68,12 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
-            # After the commit, before the response: a 2xx means caches and edge are clean.
-            await run_after_commit(session)
-            # After the commit, before the response: a 2xx means each job's publish was tried
-            # (with the broker client's retries). One that still failed is logged as
-            # jobs.publish_failed and is lost, unless a row records it: a report's jobs row
-            # stays queued and the cleanup job re-sends it (job_requeue_after_minutes).
-            await publish_committed(session)
+            # After the commit, before the response: a 2xx means caches and edge are clean and
+            # each job's publish was tried (with the broker client's retries). One that still
+            # failed is logged as jobs.publish_failed; a report's jobs row stays queued and the
+            # cleanup job re-sends it (job_requeue_after_minutes). Events go through the outbox.
+            # Workers finish their transactions the same way (patterns/after_commit.py).
+            await finish_commit(session)
 
 
 # scope="function": the commit happens before the response leaves, so a client never sees a

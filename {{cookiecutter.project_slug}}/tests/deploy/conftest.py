@@ -19,7 +19,8 @@ import yaml
 
 PROJECT_DIR = Path(__file__).parents[2]
 DEPLOY = PROJECT_DIR / "deploy"
-APP_SERVICES = ("api", "worker", "beat", "migrate")  # the compose services running our image
+# The compose services running our image.
+APP_SERVICES = ("api", "worker", "beat", "migrate", "relay", "consumers")
 
 
 def tool(name: str) -> str:

@@ -8,6 +8,7 @@ import structlog
 
 from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
 from {{ cookiecutter.project_slug }}.patterns.after_commit import jobs_for
+from {{ cookiecutter.project_slug }}.patterns.outbox import purge_inbox, purge_published
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 
@@ -25,6 +26,12 @@ async def cleanup_stale_data(ctx: WorkerContext) -> dict[str, int]:
     async with ctx.transaction() as session:
         repository = JobRepository(session)
         counts = await repository.delete_stale(cutoff)
+        # Published outbox rows: the stream holds them now. Inbox rows stay as long as any
+        # other stale data (far longer than a redelivery can come).
+        counts["outbox_rows"] = await purge_published(
+            session, timedelta(hours=ctx.settings.outbox_retention_hours)
+        )
+        counts["inbox_rows"] = await purge_inbox(session, cutoff)
         # The jobs row is written in the request's transaction and the message only after
         # its commit: a crash in between leaves a row nobody will run. Its kind names the
         # task, which takes the job's id.

@@ -7,6 +7,7 @@ from {{ cookiecutter.project_slug }}.models.job import FINISHED, Job, JobResult,
 from {{ cookiecutter.project_slug }}.models.notification import Notification
 from {{ cookiecutter.project_slug }}.models.order import Order, OrderItem, OrderStatus
 from {{ cookiecutter.project_slug }}.models.payment import PaymentEvent
+from {{ cookiecutter.project_slug }}.models.outbox import InboxEntry, OutboxEvent
 from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
 from {{ cookiecutter.project_slug }}.models.revenue import DailyRevenue
 from {{ cookiecutter.project_slug }}.models.user import User
@@ -17,6 +18,7 @@ __all__ = [
     "DailyRevenue",
     "DeadLetter",
     "IdempotencyKey",
+    "InboxEntry",
     "Inventory",
     "Job",
     "JobResult",
@@ -26,6 +28,7 @@ __all__ = [
     "OrderItem",
     "OrderStatus",
     "PaymentEvent",
+    "OutboxEvent",
     "Product",
     "User",
 ]

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.caching import invalidate_after_commit
 from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
-from {{ cookiecutter.project_slug }}.models import Order, User
+from {{ cookiecutter.project_slug }}.models import Order, OrderStatus, User
 from {{ cookiecutter.project_slug }}.orders.repository import (
     NEWEST_FIRST,
     OrderRepository,
@@ -36,6 +36,7 @@ from {{ cookiecutter.project_slug }}.orders.repository import (
 )
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine, OrderSummary
 from {{ cookiecutter.project_slug }}.orders.tasks import send_order_confirmation
+from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.after_commit import AfterCommitJobs
 from {{ cookiecutter.project_slug }}.patterns.cache import Cache, CacheRegion
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
@@ -44,6 +45,12 @@ from {{ cookiecutter.project_slug }}.products.repository import (
     ProductRepository,
 )
 from {{ cookiecutter.project_slug }}.products.service import invalidate_products
+from {{ cookiecutter.project_slug }}.pubsub.events import (
+    ORDER_PAID,
+    ORDER_PLACED,
+    order_event,
+    stock_changed,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -150,10 +157,26 @@ async def place_order(
     send_order_confirmation.enqueue(jobs, order_id=str(order.id))
 
     inventory = InventoryRepository(session)
+    left: list[tuple[UUID, int]] = []
     for product_id, quantity in lines:
-        if await inventory.take(product_id, quantity) is None:
+        stock = await inventory.take(product_id, quantity)
+        if stock is None:
             log.info("order.rejected", reason="insufficient_stock", product_id=str(product_id))
             raise InsufficientStock(product_id, quantity)
+        left.append((product_id, stock))
+    # In the same transaction, after the inventory locks: each product's events enter the
+    # outbox in commit order (patterns/outbox.py).
+    await outbox.add(
+        session,
+        order_event(
+            ORDER_PLACED,
+            order.id,
+            user.id,
+            status=OrderStatus.pending.value,
+            total_cents=order.total_cents,
+        ),
+        *(stock_changed(product_id, stock) for product_id, stock in left),
+    )
     log.info(
         "order.placed",
         order_id=str(order.id),
@@ -186,6 +209,17 @@ async def mark_order_paid(session: AsyncSession, order_id: UUID, amount_cents: i
         log.info("order.not_payable", order_id=str(order_id))
         return False
     invalidate_after_commit(session, scopes=[summaries_scope(user_id)])
+    # Same transaction as the status change: the revenue roll-up and SSE see every payment.
+    await outbox.add(
+        session,
+        order_event(
+            ORDER_PAID,
+            order_id,
+            user_id,
+            status=OrderStatus.paid.value,
+            total_cents=amount_cents,
+        ),
+    )
     log.info("order.paid", order_id=str(order_id), amount_cents=amount_cents)
     return True
 

@@ -19,8 +19,11 @@ from {{ cookiecutter.project_slug }}.models import (
 )
 from {{ cookiecutter.project_slug }}.notifications.notifier import Message
 from {{ cookiecutter.project_slug }}.orders.repository import pending_oldest_first
+from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.idempotency import claim
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
+from {{ cookiecutter.project_slug }}.products.service import invalidate_products
+from {{ cookiecutter.project_slug }}.pubsub.events import ORDER_EXPIRED, order_event, stock_changed
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 
 log = structlog.get_logger(__name__)
@@ -74,6 +77,11 @@ async def send_order_confirmation(ctx: WorkerContext, *, order_id: str) -> str:
 
 @job("orders.expire_unpaid")
 async def expire_unpaid_orders(ctx: WorkerContext) -> int:
+    """The scheduled job: :func:`expire_unpaid`."""
+    return await expire_unpaid(ctx)
+
+
+async def expire_unpaid(ctx: WorkerContext) -> int:
     """Cancel pending orders older than the payment timeout and put their stock back.
 
     Batches of ``EXPIRE_UNPAID_BATCH_SIZE``, oldest first, read through the partial index on
@@ -93,11 +101,24 @@ async def expire_unpaid_orders(ctx: WorkerContext) -> int:
             )
             if not order_ids:
                 break
-            await session.execute(
-                update(Order)
-                .where(Order.id.in_(order_ids), Order.status == OrderStatus.pending)
-                .values(status=OrderStatus.cancelled, updated_at=func.now())
-            )
+            cancelled = (
+                await session.execute(
+                    update(Order)
+                    .where(Order.id.in_(order_ids), Order.status == OrderStatus.pending)
+                    .values(status=OrderStatus.cancelled, updated_at=func.now())
+                    .returning(Order.id, Order.user_id, Order.total_cents)
+                )
+            ).all()
+            events = [
+                order_event(
+                    ORDER_EXPIRED,
+                    row.id,
+                    row.user_id,
+                    status=OrderStatus.cancelled.value,
+                    total_cents=row.total_cents,
+                )
+                for row in cancelled
+            ]
             returned = (
                 await session.execute(
                     select(OrderItem.product_id, func.sum(OrderItem.quantity))
@@ -109,11 +130,18 @@ async def expire_unpaid_orders(ctx: WorkerContext) -> int:
             # Product-id order, like order placement takes them: two transactions that both
             # touch products A and B lock A first, so they queue instead of deadlocking.
             for product_id, quantity in returned:
-                await session.execute(
+                stock = await session.scalar(
                     update(Inventory)
                     .where(Inventory.product_id == product_id)
                     .values(stock=Inventory.stock + quantity, updated_at=func.now())
+                    .returning(Inventory.stock)
                 )
+                if stock is not None:
+                    events.append(stock_changed(product_id, stock))
+            # Same transaction as the change: the events exist exactly when it commits, and
+            # the worker's unit of work invalidates the cache and the edge like a request.
+            await outbox.add(session, *events)
+            invalidate_products(session, [product_id for product_id, _ in returned])
         expired += len(order_ids)
         log.info("orders.expired_batch", count=len(order_ids))
         if len(order_ids) < settings.expire_unpaid_batch_size:

@@ -21,6 +21,18 @@ transactional outbox.
 
 Needs: SQLAlchemy (session events), anyio, structlog; a ``Publish`` callable that sends one
 job (for Celery: :func:`celery_publisher`).
+
+One unit of work for every transaction owner: the request's session dependency and the
+worker's ``transaction()`` both end with ``commit()`` then :func:`finish_commit`, which runs
+the ``on_commit`` callbacks (patterns/on_commit.py) and then publishes the buffered jobs. So a
+worker's write invalidates the cache and purges the edge exactly like a request's.
+
+What goes where:
+- must not be lost (order placed/paid/cancelled/expired, price and stock changes): an outbox
+  row in the same transaction (patterns/outbox.py); the relay delivers it at least once;
+- best effort, bounded by a TTL or retried elsewhere (cache invalidation, CDN purges, job
+  kicks whose row is the record): ``on_commit`` callbacks and :func:`jobs_for` buffers,
+  finished here; a crash right after the commit loses them.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
+
+from {{ cookiecutter.project_slug }}.patterns.on_commit import run_after_commit
 
 log = structlog.get_logger(__name__)
 
@@ -151,6 +165,13 @@ async def publish_committed(session: AsyncSession | Session) -> int:
     sync_session = session.sync_session if isinstance(session, AsyncSession) else session
     jobs: AfterCommitJobs | None = sync_session.info.get(_INFO_KEY)
     return await jobs.publish() if jobs is not None else 0
+
+
+async def finish_commit(session: AsyncSession | Session) -> None:
+    """Call right after the outermost ``commit()``: callbacks first (caches clean before a
+    job reads them), then jobs."""
+    await run_after_commit(session)
+    await publish_committed(session)
 
 
 def _buffer(session: Session) -> AfterCommitJobs | None:

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -41,11 +41,18 @@ class Drain:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.draining = False
+        self._on_begin: list[Callable[[], None]] = []
+
+    def on_begin(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the drain begins (long-lived streams tell clients to go)."""
+        self._on_begin.append(callback)
 
     def begin(self) -> None:
         if not self.draining:
             self.draining = True
             log.info("shutdown.draining", drain_seconds=self.seconds)
+            for callback in self._on_begin:
+                callback()
 
     @contextlib.contextmanager
     def handle_sigterm(self) -> Iterator[None]:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.caching import invalidate_after_commit
 from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
+from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.cache import Cache, CacheRegion
 from {{ cookiecutter.project_slug }}.patterns.http_cache import make_etag
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
@@ -20,6 +21,7 @@ from {{ cookiecutter.project_slug }}.products.repository import (
     catalog_key,
 )
 from {{ cookiecutter.project_slug }}.products.schemas import ProductCreate, ProductRead, ProductUpdate
+from {{ cookiecutter.project_slug }}.pubsub.events import price_changed, stock_changed
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +94,13 @@ async def update_product(
     row = await products.get_with_stock(product_id)
     if row is None:
         raise ProductNotFound()
+    product, stock = row
+    events = []
+    if "price_cents" in fields:
+        events.append(price_changed(product_id, product.price_cents))
+    if body.stock_delta:
+        events.append(stock_changed(product_id, stock))
+    await outbox.add(session, *events)
     invalidate_products(session, [product_id])
     log.info(
         "product.updated",

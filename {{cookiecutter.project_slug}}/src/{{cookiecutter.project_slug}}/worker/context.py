@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from celery import Celery
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from {{ cookiecutter.project_slug }}.caching import bind_invalidation, create_cache, create_purger
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
 from {{ cookiecutter.project_slug }}.models import DeadLetter
@@ -24,9 +26,11 @@ from {{ cookiecutter.project_slug }}.notifications.notifier import Notifier, cre
 from {{ cookiecutter.project_slug }}.patterns.after_commit import (
     Publish,
     celery_publisher,
+    finish_commit,
     jobs_for,
-    publish_committed,
 )
+from {{ cookiecutter.project_slug }}.patterns.cache import Cache
+from {{ cookiecutter.project_slug }}.patterns.cdn_purge import Purger
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import DeadLetterRecord
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.redis import create_redis
@@ -40,19 +44,23 @@ class WorkerContext:
     redis: Redis
     notifier: Notifier
     publish: Publish
+    cache: Cache | None = None
+    purger: Purger | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commit on success, roll back on error, then send its jobs."""
         async with self.sessionmaker() as session:
             jobs_for(session, self.publish)
+            # The same unit of work as a request: writes here invalidate and purge too.
+            bind_invalidation(session, self.cache, self.purger)
             try:
                 yield session
             except BaseException:
                 await session.rollback()
                 raise
             await session.commit()
-            await publish_committed(session)
+            await finish_commit(session)
 
 
 @dataclass
@@ -72,10 +80,17 @@ class WorkerContextFactory:
             redis=create_redis(self.settings),
             notifier=create_notifier(self.settings.notifier),
             publish=celery_publisher(self.app),
+            # Its own registry: the worker exports no cache metrics of its own yet.
+            cache=create_cache(self.settings, CollectorRegistry()),
+            purger=create_purger(self.settings),
         )
 
     @staticmethod
     async def close(context: WorkerContext) -> None:
+        if context.purger is not None:
+            await context.purger.aclose()
+        if context.cache is not None:
+            await context.cache.aclose()
         await context.redis.aclose()
         await context.engine.dispose()
 

@@ -1,0 +1,238 @@
+"""Pub-sub figures: relay throughput, commit→handler latency, SSE fan-out latency and memory.
+
+1. A scratch database; 5,000 events committed, then relayed: events/s (relay CPU ms/event).
+2. One consumer group in this process: commit → handler latency, p50/p99 over 200 events.
+3. Three API instances (uvicorn), ``--subscribers`` SSE clients spread over them; one event
+   committed and relayed; each client's receive time minus the commit time: p50/p99; RSS
+   growth of the instances per connection.
+
+    python -m bench.pubsub [--subscribers 1000]   # the issue's figure is 10,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from {{ cookiecutter.project_slug }}.devstack.servers import free_port
+from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
+from {{ cookiecutter.project_slug }}.patterns import outbox
+from {{ cookiecutter.project_slug }}.patterns.consumer import Consumer
+from {{ cookiecutter.project_slug }}.patterns.outbox import Event, Relay
+from {{ cookiecutter.project_slug }}.pubsub.events import stock_changed, stream_name
+
+from .orders_hot_query import _admin, _url
+
+RESULTS = Path(__file__).parent / "results" / "pubsub.json"
+DATABASE = "{{ cookiecutter.project_slug }}_bench_pubsub"
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+async def _relay_and_consumer(url: str, redis: Redis, prefix: str) -> dict[str, Any]:
+    engine = create_async_engine(url, pool_size=4)
+    relay = Relay(engine, redis, lambda e: stream_name(prefix, e), batch_size=500)
+    events = [stock_changed(uuid4(), n) for n in range(5000)]
+    async with AsyncSession(engine) as session:
+        await outbox.add(session, *events)
+        await session.commit()
+    cpu, wall = time.process_time(), time.perf_counter()
+    while await relay.publish_batch():
+        pass
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    latencies: list[float] = []
+    committed: dict[str, float] = {}
+
+    async def handler(session: AsyncSession, event: Event) -> None:
+        if str(event.event_id) in committed:
+            latencies.append(time.perf_counter() - committed[str(event.event_id)])
+
+    async def dead_letter(*_: Any) -> None:
+        return None
+
+    group_stream = f"{prefix}lat"
+    consumer = Consumer(
+        redis,
+        async_sessionmaker(engine),
+        group_stream,
+        "bench",
+        "b1",
+        handler,
+        dead_letter,
+        block_ms=50,
+    )
+    await consumer.ensure_group()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    relay_lat = Relay(engine, redis, lambda e: group_stream, poll_interval=0.01)
+    relay_task = asyncio.create_task(relay_lat.run(stop))
+    for n in range(200):
+        e = Event(type="bench", aggregate_type="lat", aggregate_id="x", payload={"n": n})
+        async with AsyncSession(engine) as session:
+            await outbox.add(session, e)
+            await session.commit()
+        committed[str(e.event_id)] = time.perf_counter()
+        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):
+        while len(latencies) < 200:  # noqa: ASYNC110  # a benchmark's simple poll
+            await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.gather(task, relay_task)
+    await engine.dispose()
+    return {
+        "relay_events": len(events),
+        "relay_events_per_s": round(len(events) / wall),
+        "relay_cpu_ms_per_event": round(cpu * 1000 / len(events), 4),
+        "commit_to_handler_p50_ms": round(_pct(latencies, 0.5) * 1000, 1),
+        "commit_to_handler_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
+    }
+
+
+async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict[str, Any]:
+    processes, urls = [], []
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "EVENTS_STREAM_PREFIX": prefix,
+        "LOG_LEVEL": "WARNING",
+        "DB_POOL_SIZE": "2",
+        "ENVIRONMENT": "test",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+    }
+    for _ in range(3):
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "{{ cookiecutter.project_slug }}.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--backlog",
+            "16384",
+        ]
+        processes.append(subprocess.Popen(command, env=env))  # noqa: ASYNC220, S603
+        urls.append(f"http://127.0.0.1:{port}")
+    engine = create_async_engine(url)
+    try:
+        async with httpx.AsyncClient() as probe, asyncio.timeout(60):
+            for base in urls:
+                while True:
+                    try:
+                        if (await probe.get(f"{base}/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+        before = sum(_rss_kib(p.pid) for p in processes)
+        received: list[float] = []
+        connected = 0
+        ready = asyncio.Event()
+
+        async def client(http: httpx.AsyncClient, base: str) -> None:
+            nonlocal connected
+            async with http.stream("GET", f"{base}/events/catalog") as reply:
+                connected += 1
+                if connected == subscribers:
+                    ready.set()
+                async for line in reply.aiter_lines():
+                    if line.startswith("data:"):
+                        received.append(time.perf_counter())
+                        return
+
+        limits = httpx.Limits(max_connections=subscribers + 10, max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as http:
+            tasks = [asyncio.create_task(client(http, urls[i % 3])) for i in range(subscribers)]
+            async with asyncio.timeout(300):
+                await ready.wait()
+            await asyncio.sleep(1.0)  # let the instances register every subscriber
+            during = sum(_rss_kib(p.pid) for p in processes)
+            relay = Relay(engine, redis, lambda e: stream_name(prefix, e))
+            async with AsyncSession(engine) as session:
+                await outbox.add(session, stock_changed(uuid4(), 1))
+                await session.commit()
+            start = time.perf_counter()
+            await relay.publish_batch()
+            async with asyncio.timeout(120):
+                await asyncio.gather(*tasks)
+        latencies = [t - start for t in received]
+        return {
+            "subscribers": subscribers,
+            "instances": 3,
+            "delivered": len(latencies),
+            "fanout_p50_ms": round(_pct(latencies, 0.5) * 1000, 1),
+            "fanout_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
+            "rss_kib_per_connection": round((during - before) / subscribers, 1),
+        }
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        await engine.dispose()
+
+
+async def _run(subscribers: int) -> dict[str, Any]:
+    await _admin(
+        f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'CREATE DATABASE "{DATABASE}"'
+    )
+    url = _url(DATABASE)
+    await asyncio.to_thread(upgrade_to_head, url)
+    redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    prefix = f"bench-events-{secrets.token_hex(3)}:"
+    try:
+        result = await _relay_and_consumer(url, redis, prefix)
+        result |= await _fanout(url, redis, prefix, subscribers)
+    finally:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+        await _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.pubsub")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    args = parser.parse_args(argv)
+    result = asyncio.run(_run(args.subscribers))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    for key, value in result.items():
+        print(f"{key:32} {value}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
