@@ -39,9 +39,9 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
 )
 from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
+from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
 from {{ cookiecutter.project_slug }}.payments.provider import create_payment_provider
 from {{ cookiecutter.project_slug }}.payments.router import router as payments_router
-from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
 from {{ cookiecutter.project_slug }}.pubsub.events import ORDER, PRODUCT

@@ -6,8 +6,8 @@ from {{ cookiecutter.project_slug }}.models.idempotency import IdempotencyKey
 from {{ cookiecutter.project_slug }}.models.job import FINISHED, Job, JobResult, JobStatus
 from {{ cookiecutter.project_slug }}.models.notification import Notification
 from {{ cookiecutter.project_slug }}.models.order import Order, OrderItem, OrderStatus
-from {{ cookiecutter.project_slug }}.models.payment import PaymentEvent
 from {{ cookiecutter.project_slug }}.models.outbox import InboxEntry, OutboxEvent
+from {{ cookiecutter.project_slug }}.models.payment import PaymentEvent
 from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
 from {{ cookiecutter.project_slug }}.models.revenue import DailyRevenue
 from {{ cookiecutter.project_slug }}.models.user import User
@@ -27,8 +27,8 @@ __all__ = [
     "Order",
     "OrderItem",
     "OrderStatus",
-    "PaymentEvent",
     "OutboxEvent",
+    "PaymentEvent",
     "Product",
     "User",
 ]
