@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
-from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.config import Environment, Settings
+from {{ cookiecutter.project_slug }}.faults.router import router as faults_router
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
 from {{ cookiecutter.project_slug }}.jobs.router import router as jobs_router
 from {{ cookiecutter.project_slug }}.logging import configure_logging
@@ -123,4 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(products_router)
     app.include_router(orders_router)
     app.include_router(reports_router)
+    if settings.environment is Environment.test:
+        # Routes that fail on purpose, for the fault-injection proofs only.
+        app.include_router(faults_router)
     return app
