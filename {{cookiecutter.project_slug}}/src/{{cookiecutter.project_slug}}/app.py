@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import anyio.to_thread
+import sqlalchemy.exc
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
@@ -37,7 +38,11 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
     metrics_router,
     register_pool_metrics,
 )
-from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
+from {{ cookiecutter.project_slug }}.patterns.problem import (
+    install_problem_handlers,
+    install_unavailable_handler,
+)
+from {{ cookiecutter.project_slug }}.patterns.readiness import dependency_gauge
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
@@ -102,8 +107,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = HttpMetrics(CollectorRegistry())
     app.state.drain = Drain(settings.drain_seconds)
+    app.state.dependency_up = dependency_gauge(app.state.metrics.registry)
 
     install_problem_handlers(app)
+    # Postgres unreachable (refused, pool exhausted, connection lost): 503, not 500.
+    install_unavailable_handler(
+        app,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,
+        OSError,
+    )
 
     # Added innermost first: the request id is bound before the access log and metrics run.
     # Caching headers innermost: they describe the body exactly as the app produced it.

@@ -7,10 +7,13 @@ import base64
 
 import orjson
 import pytest
-from httpx import AsyncClient
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.products.schemas import MAX_STOCK
 from tests.factories import Caller, make_product, make_user
 
@@ -133,3 +136,20 @@ async def test_a_10000_character_bearer_is_a_401_problem(app_client: AsyncClient
         "/users/me", headers={"Authorization": "Bearer " + "a" * 10_000}
     )
     assert_problem(response, 401)
+
+
+async def test_a_postgres_outage_is_a_503_problem(settings: Settings) -> None:
+    dead = settings.model_copy(
+        update={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"}
+    )
+    app = create_app(dead)
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            login = await client.post(
+                "/auth/login", json={"email": "a@example.com", "password": "long enough pw"}
+            )
+            listing = await client.get("/products", params={"attributes": '{"nocache": 1}'})
+    for response in (login, listing):
+        assert_problem(response, 503)
+        assert response.headers["retry-after"] == "1"

@@ -143,6 +143,25 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def install_unavailable_handler(app: FastAPI, *errors: type[Exception]) -> None:
+    """Render ``errors`` (a dependency that cannot be reached) as 503 problems with
+    ``Retry-After``: the client, and the edge that may serve stale, learn it is temporary."""
+
+    async def _unavailable(request: Request, exc: Exception) -> Response:
+        log.warning(
+            "http.dependency_unavailable", path=request.url.path, error_type=type(exc).__name__
+        )
+        return problem_response(
+            503,
+            detail="A service this request needs is unavailable; try again shortly.",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
+    for error in errors:
+        app.add_exception_handler(error, _unavailable)
+
+
 class UnhandledErrorMiddleware:
     """The outermost layer: an exception that escapes the app never reaches the server.
 
