@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import anyio.to_thread
+import sqlalchemy.exc
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
@@ -19,7 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
-from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.config import Environment, Settings
+from {{ cookiecutter.project_slug }}.faults.router import router as faults_router
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
 from {{ cookiecutter.project_slug }}.jobs.router import router as jobs_router
 from {{ cookiecutter.project_slug }}.logging import configure_logging
@@ -37,7 +39,11 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
     metrics_router,
     register_pool_metrics,
 )
-from {{ cookiecutter.project_slug }}.patterns.problem import install_problem_handlers
+from {{ cookiecutter.project_slug }}.patterns.problem import (
+    install_problem_handlers,
+    install_unavailable_handler,
+)
+from {{ cookiecutter.project_slug }}.patterns.readiness import dependency_gauge
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
 from {{ cookiecutter.project_slug }}.payments.provider import create_payment_provider
@@ -131,8 +137,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = HttpMetrics(CollectorRegistry())
     app.state.drain = Drain(settings.drain_seconds)
     app.state.pubsub_metrics = PubSubMetrics(app.state.metrics.registry, lambda: app.state.fanout)
+    app.state.dependency_up = dependency_gauge(app.state.metrics.registry)
 
     install_problem_handlers(app)
+    # Postgres unreachable (refused, pool exhausted, connection lost): 503, not 500.
+    install_unavailable_handler(
+        app,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,
+        OSError,
+    )
 
     # Added innermost first: the request id is bound before the access log and metrics run.
     # Caching headers innermost: they describe the body exactly as the app produced it.
@@ -155,4 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports_router)
     app.include_router(payments_router)
     app.include_router(events_router)
+    if settings.environment is Environment.test:
+        # Routes that fail on purpose, for the fault-injection proofs only.
+        app.include_router(faults_router)
     return app

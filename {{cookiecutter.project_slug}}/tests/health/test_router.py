@@ -62,11 +62,23 @@ async def test_readyz_is_503_naming_postgres_when_it_is_down(
     assert "127.0.0.1" not in str(body)
 
 
-async def test_readyz_is_503_naming_redis_when_it_is_down(settings: Settings) -> None:
+async def test_readyz_stays_200_degraded_when_redis_is_down(settings: Settings) -> None:
+    # Every instance shares that Redis: failing readiness on it would empty the pool, while
+    # the cache is fail-open and Postgres serves every read.
     dead_redis = settings.model_copy(update={"redis_url": f"redis://{nothing_listens_at()}/0"})
-    status, body, _ = await ready_response(dead_redis)
-    assert status == 503
-    assert body["detail"] == "Unavailable: redis"
+    app = create_app(dead_redis)
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get("/readyz")
+            metrics = (await client.get("/metrics")).text
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["degraded"] == ["redis"]
+    assert body["checks"]["redis"]["status"] == "fail"
+    assert 'dependency_up{dependency="redis",required="false"} 0.0' in metrics
+    assert 'dependency_up{dependency="postgres",required="true"} 1.0' in metrics
 
 
 async def test_readyz_names_every_failed_dependency(settings: Settings) -> None:
@@ -78,7 +90,8 @@ async def test_readyz_names_every_failed_dependency(settings: Settings) -> None:
     )
     status, body, _ = await ready_response(both_dead)
     assert status == 503
-    assert body["detail"] == "Unavailable: postgres, redis"
+    assert body["detail"] == "Unavailable: postgres"
+    assert body["degraded"] == ["postgres", "redis"]
 
 
 @pytest.fixture
@@ -105,7 +118,7 @@ async def test_readyz_does_not_hang_on_a_blackholed_dependency(
         }
     )
     status, body, _ = await ready_response(hung_redis)
-    assert status == 503
+    assert status == 200
     checks = body["checks"]
     assert isinstance(checks, dict)
     assert checks["redis"]["error"] == "timed out after 0.3s"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -7,10 +8,16 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from starlette.types import Receive, Scope, Send
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.patterns.problem import PROBLEM_JSON, ProblemError
+from {{ cookiecutter.project_slug }}.patterns.problem import (
+    PROBLEM_JSON,
+    ProblemError,
+    UnhandledErrorMiddleware,
+)
+from tests.conftest import LiveServer
 
 
 class OutOfStock(ProblemError):
@@ -91,3 +98,41 @@ async def test_unexpected_errors_are_500_with_request_id_and_no_internals(
     assert "hunter2" not in response.text
     assert "Traceback" not in response.text
     assert "RuntimeError" not in response.text
+
+
+async def test_an_unhandled_error_keeps_the_keep_alive_connection(live_server: LiveServer) -> None:
+    """Under uvicorn: a 500 is problem+json and the next request on the same connection is
+    answered, instead of the connection being closed under the client (or the gateway)."""
+    host, port = live_server.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        heads = []
+        for path in ("/_faults/unhandled", "/_faults/unhandled", "/healthz"):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            body = await reader.readexactly(length)
+            heads.append((head.split(b" ", 2)[1], head.lower(), body))
+    finally:
+        writer.close()
+    assert [status for status, _, _ in heads] == [b"500", b"500", b"200"]
+    assert all(b"connection: close" not in head for _, head, _ in heads)
+    assert b"content-type: application/problem+json" in heads[0][1]
+    assert b"injected" not in heads[0][2]
+
+
+async def test_an_error_outside_starlettes_handler_is_still_a_problem() -> None:
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("before any response")
+
+    app = UnhandledErrorMiddleware(broken)
+    transport = ASGITransport(app=app, raise_app_exceptions=True)
+    async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/x")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == PROBLEM_JSON

@@ -69,6 +69,8 @@ async def start_stack(slot: dict[str, str], worker_id: str) -> tuple[LocalStack,
         # The stack's own cache namespace, as it has its own database.
         "CACHE_KEY_PREFIX": database,
         "LOG_LEVEL": "INFO",
+        # Mounts the fault routes (faults/router.py) the fault-injection proofs send poison to.
+        "ENVIRONMENT": "test",
         # Three instances share the test server with the rest of the suite: small pools keep
         # the run inside a stock Postgres's 100 connections. The proofs need concurrency
         # through the gateway, not dozens of connections per instance.

@@ -15,6 +15,7 @@ from {{ cookiecutter.project_slug }}.models import User
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 
 # auto_error=False: a missing header becomes our 401 problem, not FastAPI's bare 403.
+MAX_TOKEN_LENGTH = 4096
 bearer = HTTPBearer(auto_error=False, description="Access token from POST /auth/login")
 
 
@@ -35,6 +36,9 @@ async def get_current_user(
 ) -> User:
     if credentials is None:
         raise NotAuthenticated()
+    if len(credentials.credentials) > MAX_TOKEN_LENGTH:
+        # Refused before any decoding: ours are a few hundred characters.
+        raise NotAuthenticated("The access token is invalid.")
     user_id = decode_access_token(credentials.credentials, settings)
     # One primary-key lookup per request: a deactivated user is locked out at once,
     # instead of when the token expires.

@@ -1,8 +1,10 @@
 """Liveness and readiness probes.
 
 ``/healthz`` answers from the process alone (no I/O): a restart would not fix a database
-outage, so liveness must not depend on one. ``/readyz`` checks every dependency a request
-needs and answers 503, naming what failed, so the load balancer stops sending traffic here.
+outage, so liveness must not depend on one. ``/readyz`` answers 503, naming what failed, only
+when Postgres is down: nothing can be served without it. Redis down is 200 ``degraded``: the
+cache is fail-open and jobs retry their publish, and since every instance shares that Redis,
+failing readiness on it would take every instance out of rotation at once.
 While the process drains before shutting down (patterns/graceful.py), ``/readyz`` answers 503
 "draining" without touching any dependency and ``/healthz`` stays 200: the instance is alive and
 still serving, it only asks to be taken out of rotation.
@@ -21,6 +23,9 @@ from {{ cookiecutter.project_slug }}.patterns.readiness import run_checks
 
 router = APIRouter(tags=["ops"])
 
+# What an instance cannot serve without; every other check only reports "degraded".
+REQUIRED = frozenset({"postgres"})
+
 
 @router.get("/healthz", summary="Liveness: the process is up")
 async def healthz() -> dict[str, str]:
@@ -29,7 +34,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: Postgres and Redis answer",
+    summary="Readiness: Postgres answers (Redis is reported, degraded when down)",
     responses={503: {"description": "A dependency is down; `checks` says which."}},
     response_model=None,
 )
@@ -48,13 +53,20 @@ async def readyz(request: Request) -> dict[str, Any] | Response:
     results = await run_checks(
         {"postgres": postgres, "redis": redis}, deadline=state.settings.readiness_timeout
     )
+    for name, result in results.items():
+        required = "true" if name in REQUIRED else "false"
+        state.dependency_up.labels(dependency=name, required=required).set(int(result.ok))
     checks = {name: result.as_dict() for name, result in results.items()}
-    failed = sorted(name for name, result in results.items() if not result.ok)
+    failed = sorted(name for name in REQUIRED if not results[name].ok)
+    degraded = sorted(name for name, result in results.items() if not result.ok)
     if failed:
         return problem_response(
             503,
             title="Not Ready",
             detail=f"Unavailable: {', '.join(failed)}",
             checks=checks,
+            degraded=degraded,
         )
+    if degraded:
+        return {"status": "degraded", "degraded": degraded, "checks": checks}
     return {"status": "ready", "checks": checks}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -14,6 +13,7 @@ from {{ cookiecutter.project_slug }}.jobs import service
 from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
 from {{ cookiecutter.project_slug }}.jobs.schemas import DeadLetterRead, JobRead, Requeued
 from {{ cookiecutter.project_slug }}.models import Job, JobStatus
+from {{ cookiecutter.project_slug }}.patterns.strict_input import IsoDatetime
 from {{ cookiecutter.project_slug }}.postgres import DbSession, Jobs
 
 router = APIRouter(tags=["jobs"])
@@ -51,7 +51,9 @@ async def list_dead_letters(
     _: StaffUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     include_requeued: bool = False,
-    before: Annotated[datetime | None, Query(description="Page: failed before this.")] = None,
+    before: Annotated[
+        IsoDatetime | None, Query(description="Page: failed before this (ISO 8601).")
+    ] = None,
 ) -> list[DeadLetterRead]:
     rows = await JobRepository(session).list_dead_letters(
         limit=limit, include_requeued=include_requeued, before=before

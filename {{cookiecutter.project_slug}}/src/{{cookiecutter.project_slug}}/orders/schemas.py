@@ -15,7 +15,7 @@ class OrderLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_id: UUID
-    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+    quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True)
 
 
 class OrderCreate(BaseModel):

@@ -23,7 +23,7 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -105,7 +105,7 @@ class Keyset:
                 _from_json(value, column.type.python_type)
                 for column, value in zip(self.columns, values, strict=True)
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidCursor("cursor does not match this listing") from exc
 
 
@@ -125,7 +125,9 @@ def _from_json(value: Any, python_type: type[Any]) -> Any:
         if parsed.tzinfo is None:
             # A naive timestamp would compare against timestamptz in the session's time zone.
             raise ValueError("timestamp without a time zone")
-        return parsed
+        # Raises OverflowError for a key no row can have (9999-12-31T23:59:59-14:00), here
+        # rather than in the driver, which would make it a 500.
+        return parsed.astimezone(UTC)
     if python_type is UUID:
         if not isinstance(value, str):
             raise TypeError("expected a UUID")

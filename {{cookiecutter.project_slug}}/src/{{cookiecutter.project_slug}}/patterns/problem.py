@@ -6,10 +6,14 @@ Guarantees:
 - request validation errors become 422 with an ``errors`` list naming each bad field;
 - Starlette's HTTP errors (unknown route, wrong method) get the same shape;
 - anything unexpected becomes a 500 whose body holds the request id and nothing else from the
-  server: the traceback goes to the log, never to the client.
+  server: the traceback goes to the log, never to the client;
+- an unexpected error never costs the connection it arrived on (:class:`UnhandledErrorMiddleware`):
+  Starlette re-raises after answering the 500, and uvicorn then closes the keep-alive connection
+  under the gateway, which may already be sending another user's request on it (a 502).
 
 Needs: fastapi, orjson, asgi-correlation-id (for the request id). Wire it with
-``install_problem_handlers(app)``.
+``install_problem_handlers(app)``; it also wraps the whole app (outside Starlette's
+ServerErrorMiddleware) in :class:`UnhandledErrorMiddleware`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -138,8 +143,75 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def install_unavailable_handler(app: FastAPI, *errors: type[Exception]) -> None:
+    """Render ``errors`` (a dependency that cannot be reached) as 503 problems with
+    ``Retry-After``: the client, and the edge that may serve stale, learn it is temporary."""
+
+    async def _unavailable(request: Request, exc: Exception) -> Response:
+        log.warning(
+            "http.dependency_unavailable", path=request.url.path, error_type=type(exc).__name__
+        )
+        return problem_response(
+            503,
+            detail="A service this request needs is unavailable; try again shortly.",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
+    for error in errors:
+        app.add_exception_handler(error, _unavailable)
+
+
+class UnhandledErrorMiddleware:
+    """The outermost layer: an exception that escapes the app never reaches the server.
+
+    - the response was sent in full (Starlette's error handler answered the 500 and re-raised,
+      or a background task failed afterwards): the exception stops here and the connection
+      stays open for the next request;
+    - nothing was sent yet (an error outside Starlette's handler): a problem+json 500;
+    - half a response went out: re-raised, because closing the connection is the only honest
+      way to tell the client (and the gateway) that the body is truncated.
+
+    Hand-written because it must sit outside ServerErrorMiddleware, where no library hooks in.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = complete = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started, complete
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if complete:
+                return  # answered and logged by _unexpected_error
+            if started:
+                log.error("http.unhandled_error_midstream", path=scope.get("path"), exc_info=exc)
+                raise
+            log.error("http.unhandled_error", path=scope.get("path"), exc_info=exc)
+            response = problem_response(
+                500, detail="An unexpected error occurred.", instance=scope.get("path")
+            )
+            await response(scope, receive, send)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    # Starlette always puts ServerErrorMiddleware outermost; wrap what it builds.
+    build_stack = app.build_middleware_stack
+    setattr(app, "build_middleware_stack", lambda: UnhandledErrorMiddleware(build_stack()))  # noqa: B010

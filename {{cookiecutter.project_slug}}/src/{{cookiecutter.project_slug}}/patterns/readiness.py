@@ -5,8 +5,13 @@ seconds instead of hanging the probe; every check runs even when another failed,
 result names *every* dependency that is down. Error text is the exception class only: probe
 output is often public, and connection strings or hostnames must not leak.
 
-Needs: nothing but asyncio. Wire each dependency as ``async def check() -> None`` that raises
-when it is unhealthy.
+Required vs optional: readiness must fail only for a dependency the instance cannot serve
+without (its database). One the app degrades around (a fail-open cache, a broker it retries)
+is reported, in the body and in :func:`dependency_gauge`, but never takes the instance out of
+rotation: when it is shared by every instance, failing readiness on it empties the pool.
+
+Needs: asyncio, prometheus-client. Wire each dependency as ``async def check() -> None`` that
+raises when it is unhealthy.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Gauge
 
 Check = Callable[[], Awaitable[None]]
 
@@ -57,3 +64,13 @@ async def run_checks(checks: Mapping[str, Check], deadline: float) -> dict[str, 
     names = list(checks)
     results = await asyncio.gather(*(_run_one(checks[name], deadline) for name in names))
     return dict(zip(names, results, strict=True))
+
+
+def dependency_gauge(registry: CollectorRegistry) -> Gauge:
+    """``dependency_up{dependency, required}``: 1 when its last readiness check passed."""
+    return Gauge(
+        "dependency_up",
+        "1 when the dependency answered the last readiness check, else 0.",
+        ["dependency", "required"],
+        registry=registry,
+    )

@@ -69,10 +69,13 @@ def take_stock_statement(product_id: UUID, quantity: int) -> Update:
 
 
 @hot_query("inventory.adjust")
-def adjust_stock_statement(product_id: UUID, delta: int) -> Update:
+def adjust_stock_statement(product_id: UUID, delta: int, ceiling: int | None = None) -> Update:
+    bounds = [Inventory.stock + delta >= 0]
+    if ceiling is not None:
+        bounds.append(Inventory.stock + delta <= ceiling)
     return (
         update(Inventory)
-        .where(Inventory.product_id == product_id, Inventory.stock + delta >= 0)
+        .where(Inventory.product_id == product_id, *bounds)
         .values(stock=Inventory.stock + delta, updated_at=func.now())
         .returning(Inventory.stock)
         .execution_options(synchronize_session=False)
@@ -144,9 +147,10 @@ class InventoryRepository:
         result = await self.session.execute(take_stock_statement(product_id, quantity))
         return result.scalar_one_or_none()
 
-    async def adjust(self, product_id: UUID, delta: int) -> int | None:
-        """Add ``delta`` (may be negative); ``None`` when that would go below zero."""
-        result = await self.session.execute(adjust_stock_statement(product_id, delta))
+    async def adjust(self, product_id: UUID, delta: int, ceiling: int | None = None) -> int | None:
+        """Add ``delta`` (may be negative); ``None`` when that would go below zero (or above
+        ``ceiling``)."""
+        result = await self.session.execute(adjust_stock_statement(product_id, delta, ceiling))
         return result.scalar_one_or_none()
 
 

@@ -16,6 +16,7 @@ from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     conditional,
 )
 from {{ cookiecutter.project_slug }}.patterns.keyset import Page
+from {{ cookiecutter.project_slug }}.patterns.strict_input import contains_nul
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 from {{ cookiecutter.project_slug }}.products import service
 from {{ cookiecutter.project_slug }}.products.schemas import ProductCreate, ProductRead, ProductUpdate
@@ -40,6 +41,8 @@ def _attribute_filter(raw: str | None) -> dict[str, Any] | None:
         raise Unprocessable("attributes must be a JSON object.") from exc
     if not isinstance(value, dict):
         raise Unprocessable("attributes must be a JSON object.")
+    if contains_nul(value):
+        raise Unprocessable("attributes must not contain NUL (\\u0000) characters.")
     return value
 
 

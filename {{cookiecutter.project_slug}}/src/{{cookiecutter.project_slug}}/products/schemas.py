@@ -7,6 +7,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from {{ cookiecutter.project_slug }}.models import Product
+from {{ cookiecutter.project_slug }}.patterns.strict_input import PgJsonObject, PgText
 
 # Generous, but bounded: a price or a stock figure outside these is a typo, not a product.
 MAX_PRICE_CENTS = 10**10
@@ -17,10 +18,10 @@ class ProductCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    name: str = Field(min_length=1, max_length=200)
-    price_cents: int = Field(ge=0, le=MAX_PRICE_CENTS)
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    stock: int = Field(default=0, ge=0, le=MAX_STOCK)
+    name: PgText = Field(min_length=1, max_length=200)
+    price_cents: int = Field(ge=0, le=MAX_PRICE_CENTS, strict=True)
+    attributes: PgJsonObject = Field(default_factory=dict)
+    stock: int = Field(default=0, ge=0, le=MAX_STOCK, strict=True)
 
 
 class ProductUpdate(BaseModel):
@@ -29,12 +30,13 @@ class ProductUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    price_cents: int | None = Field(default=None, ge=0, le=MAX_PRICE_CENTS)
-    attributes: dict[str, Any] | None = None
+    name: PgText | None = Field(default=None, min_length=1, max_length=200)
+    price_cents: int | None = Field(default=None, ge=0, le=MAX_PRICE_CENTS, strict=True)
+    attributes: PgJsonObject | None = None
     # A delta, not an absolute value: "set stock to 10" would overwrite the sales made
-    # between the stocktake and the request; "+10" composes with them.
-    stock_delta: int | None = Field(default=None, ge=-MAX_STOCK, le=MAX_STOCK)
+    # between the stocktake and the request; "+10" composes with them. The stock it leaves
+    # must stay within 0..MAX_STOCK (409 otherwise), as on create.
+    stock_delta: int | None = Field(default=None, ge=-MAX_STOCK, le=MAX_STOCK, strict=True)
 
 
 class ProductRead(BaseModel):

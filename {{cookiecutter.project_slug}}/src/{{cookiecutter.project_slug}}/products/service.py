@@ -20,7 +20,12 @@ from {{ cookiecutter.project_slug }}.products.repository import (
     ProductRepository,
     catalog_key,
 )
-from {{ cookiecutter.project_slug }}.products.schemas import ProductCreate, ProductRead, ProductUpdate
+from {{ cookiecutter.project_slug }}.products.schemas import (
+    MAX_STOCK,
+    ProductCreate,
+    ProductRead,
+    ProductUpdate,
+)
 from {{ cookiecutter.project_slug }}.pubsub.events import price_changed, stock_changed
 
 log = structlog.get_logger(__name__)
@@ -86,11 +91,16 @@ async def update_product(
     if fields and (await products.update_fields(product_id, fields)) is None:
         raise ProductNotFound()
     if body.stock_delta:
-        left = await InventoryRepository(session).adjust(product_id, body.stock_delta)
+        # Bounded as on create: unbounded deltas would end in "integer out of range".
+        left = await InventoryRepository(session).adjust(
+            product_id, body.stock_delta, ceiling=MAX_STOCK
+        )
         if left is None:
             if await products.get_with_stock(product_id) is None:
                 raise ProductNotFound()
-            raise Conflict("Stock cannot go below zero.", product_id=str(product_id))
+            raise Conflict(
+                f"Stock must stay between 0 and {MAX_STOCK}.", product_id=str(product_id)
+            )
     row = await products.get_with_stock(product_id)
     if row is None:
         raise ProductNotFound()

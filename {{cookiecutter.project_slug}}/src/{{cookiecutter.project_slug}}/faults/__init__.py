@@ -1,0 +1,1 @@
+"""Fault routes for the fault-injection proofs; mounted only when ENVIRONMENT=test."""

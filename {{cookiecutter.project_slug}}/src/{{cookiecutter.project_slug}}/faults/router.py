@@ -1,0 +1,20 @@
+"""Routes that fail on purpose, so the proofs can send poison through the real gateway.
+
+Mounted by the app factory only when ``ENVIRONMENT=test`` (never in development or
+production): the topology proofs start their stack with that setting.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/_faults", tags=["faults"], include_in_schema=False)
+
+
+class InjectedFaultError(RuntimeError):
+    """Raised on purpose: an error no handler knows, as a bug would be."""
+
+
+@router.api_route("/unhandled", methods=["GET", "POST"])
+async def unhandled() -> None:
+    raise InjectedFaultError("injected fault")
