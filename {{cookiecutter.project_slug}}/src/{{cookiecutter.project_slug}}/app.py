@@ -42,6 +42,8 @@ from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessi
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
 from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
+from {{ cookiecutter.project_slug }}.storage import RequestBodyBytes, create_storage
+from {{ cookiecutter.project_slug }}.uploads.router import router as uploads_router
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery, warm_up
 
 log = structlog.get_logger(__name__)
@@ -71,12 +73,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         except Exception as exc:
             log.warning("jobs.broker_unreachable", error_type=type(exc).__name__)
     register_pool_metrics(app.state.metrics.registry, engine)
+    # One S3 client per process; presigning is local, its I/O runs in bounded threads.
+    app.state.storage = create_storage(settings)
     log.info("app.started", environment=settings.environment.value)
     try:
         # SIGTERM: fail readiness, keep serving DRAIN_SECONDS, then let the server stop.
         with app.state.drain.handle_sigterm():
             yield
     finally:
+        app.state.storage.close()
         await app.state.purger.aclose()
         await app.state.cache.aclose()
         celery.close()
@@ -115,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header_name="X-Request-ID",
         validator=is_acceptable_request_id,
     )
+    # Outermost: every request body byte this process receives (files must not be among them).
+    app.add_middleware(RequestBodyBytes, registry=app.state.metrics.registry)
 
     app.include_router(health_router)
     app.include_router(metrics_router(app.state.metrics.registry))
@@ -123,4 +130,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(products_router)
     app.include_router(orders_router)
     app.include_router(reports_router)
+    app.include_router(uploads_router)
     return app

@@ -8,6 +8,7 @@ from {{ cookiecutter.project_slug }}.models.notification import Notification
 from {{ cookiecutter.project_slug }}.models.order import Order, OrderItem, OrderStatus
 from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
 from {{ cookiecutter.project_slug }}.models.revenue import DailyRevenue
+from {{ cookiecutter.project_slug }}.models.upload import Upload, UploadPurpose, UploadStatus
 from {{ cookiecutter.project_slug }}.models.user import User
 
 __all__ = [
@@ -25,5 +26,8 @@ __all__ = [
     "OrderItem",
     "OrderStatus",
     "Product",
+    "Upload",
+    "UploadPurpose",
+    "UploadStatus",
     "User",
 ]
