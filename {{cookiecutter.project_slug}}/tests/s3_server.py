@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from {{ cookiecutter.project_slug }}.devstack.topology import StackSettings
 
 ACCESS_KEY = "proof"
-SECRET_KEY = "proof-secret-key"  # noqa: S105  # throwaway test server only
+SECRET_KEY = "proof-secret-key"  # throwaway test server only
 BUCKET = "proofs"
 
 
@@ -45,8 +45,8 @@ def _bindable(port: int) -> bool:
 
 def _free_base() -> tuple[int, dict[str, int]]:
     for _ in range(200):
-        base = random.randrange(20_000, 40_000)  # noqa: S311  # port choice, not crypto
-        ports = StackSettings(s3_internal_ports_from=base).seaweedfs_ports()  # type: ignore[call-arg]
+        base = random.randrange(20_000, 40_000)  # port choice, not crypto
+        ports = StackSettings(s3_internal_ports_from=base).seaweedfs_ports()
         s3_port = base + 8
         if all(_bindable(port) for port in [*ports.values(), s3_port]):
             return s3_port, ports
@@ -54,7 +54,9 @@ def _free_base() -> tuple[int, dict[str, int]]:
 
 
 def weed_binary() -> str | None:
-    return shutil.which("weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return shutil.which(
+        "weed", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
 
 
 @contextlib.contextmanager
@@ -81,7 +83,7 @@ def run_seaweedfs(deadline: float = 60.0) -> Iterator[S3Server]:
         (Path(tmp) / "options").write_text("".join(f"{k}={v}\n" for k, v in options.items()))
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         log = (Path(tmp) / "weed.log").open("wb")
-        process = subprocess.Popen(  # noqa: S603  # our own binary, fixed arguments
+        process = subprocess.Popen(  # our own binary, fixed arguments
             [weed, "mini", f"-options={tmp}/options"],
             env=env,
             stdout=log,
@@ -94,10 +96,13 @@ def run_seaweedfs(deadline: float = 60.0) -> Iterator[S3Server]:
             while True:
                 if process.poll() is not None:
                     raise RuntimeError((Path(tmp) / "weed.log").read_text()[-3000:])
-                with contextlib.suppress(OSError):
-                    with urllib.request.urlopen(f"{endpoint}/healthz", timeout=1) as reply:  # noqa: S310
-                        if reply.status == 200:
-                            break
+                url = f"{endpoint}/healthz"
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(url, timeout=1) as reply,  # noqa: S310  # loopback
+                ):
+                    if reply.status == 200:
+                        break
                 if time.monotonic() > stop_at:
                     raise RuntimeError("SeaweedFS did not become healthy")
                 time.sleep(0.2)

@@ -1,4 +1,4 @@
-"""Object storage wiring: the process's one :class:`ObjectStorage`, from settings, and its dependency."""
+"""Object storage wiring: the process's one :class:`ObjectStorage`, and its dependency."""
 
 from __future__ import annotations
 

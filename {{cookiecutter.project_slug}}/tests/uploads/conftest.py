@@ -3,10 +3,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import anyio.to_thread
 import pytest
-from pydantic import SecretStr
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from {{ cookiecutter.project_slug }}.app import create_app
@@ -54,6 +55,20 @@ async def uploads_app(
     )
     app = create_app(settings)
     async with LifespanManager(app):
+        await empty_bucket(app.state.storage)
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield UploadsApp(client, app.state.storage, settings, committed_engine)
+        await empty_bucket(app.state.storage)
+
+
+async def empty_bucket(storage: ObjectStorage) -> None:
+    """Each proof counts objects from zero: the server is shared by the session."""
+    for upload in await storage.list_multipart(""):
+        await storage.abort_multipart(upload.key, upload.upload_id)
+
+    def keys() -> list[str]:
+        pages = storage.client.get_paginator("list_objects_v2").paginate(Bucket=storage.bucket)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    await storage.delete_many(await anyio.to_thread.run_sync(keys))

@@ -71,7 +71,8 @@ async def test_200_concurrent_uploads_go_straight_to_s3(uploads_app: UploadsApp)
 
         async def one(headers: dict[str, str]) -> str:
             ticket = await declare(app, headers, size=len(FILE))
-            assert ticket["key"].startswith("uploads/") and "passwd" not in ticket["key"]
+            assert ticket["key"].startswith("uploads/")
+            assert "passwd" not in ticket["key"]
             stored = await post_to_s3(s3, ticket, FILE)
             assert stored.status_code == 204, stored.text
             done = await app.client.post(f"/uploads/{ticket['id']}/complete", headers=headers)
@@ -207,7 +208,8 @@ async def test_multipart_with_a_checksum_per_part(uploads_app: UploadsApp) -> No
     )
     assert reply.status_code == 201, reply.text
     ticket = reply.json()
-    assert ticket["post"] is None and len(ticket["parts"]) == 3
+    assert ticket["post"] is None
+    assert len(ticket["parts"]) == 3
     async with httpx.AsyncClient(timeout=60) as s3:
         # A part whose bytes are not the declared ones is refused by S3.
         first = ticket["parts"][0]
@@ -230,5 +232,6 @@ async def test_multipart_with_a_checksum_per_part(uploads_app: UploadsApp) -> No
     assert done.status_code == 200, done.text
     assert done.json()["status"] == "uploaded"
     head = await app.storage.head(ticket["key"])
-    assert head is not None and head.size == len(data)
+    assert head is not None
+    assert head.size == len(data)
     assert await app.storage.list_multipart(ticket["key"]) == []

@@ -113,9 +113,7 @@ class ObjectStorage:
         self._limiter = anyio.CapacityLimiter(max_concurrency)
 
     async def _run(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(
-            partial(func, *args, **kwargs), limiter=self._limiter
-        )
+        return await anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=self._limiter)
 
     def close(self) -> None:
         self.client.close()
@@ -125,7 +123,7 @@ class ObjectStorage:
     def presign_post(
         self, key: str, *, content_type: str, max_size: int, expires_in: int
     ) -> PresignedPost:
-        """A browser-style POST upload for exactly ``key``, ``content_type`` and 1..max_size bytes."""
+        """A browser POST upload of exactly ``key``, ``content_type`` and 1..max_size bytes."""
         post = self.client.generate_presigned_post(
             Bucket=self.bucket,
             Key=key,
@@ -254,9 +252,7 @@ class ObjectStorage:
         reply = await self._run(
             self.client.list_parts, Bucket=self.bucket, Key=key, UploadId=upload_id
         )
-        return [
-            (part["PartNumber"], part["ETag"], part["Size"]) for part in reply.get("Parts", [])
-        ]
+        return [(part["PartNumber"], part["ETag"], part["Size"]) for part in reply.get("Parts", [])]
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
@@ -276,7 +272,9 @@ class ObjectStorage:
             self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=prefix
         )
         return [
-            MultipartUpload(key=item["Key"], upload_id=item["UploadId"], initiated=item["Initiated"])
+            MultipartUpload(
+                key=item["Key"], upload_id=item["UploadId"], initiated=item["Initiated"]
+            )
             for item in reply.get("Uploads", [])
         ]
 

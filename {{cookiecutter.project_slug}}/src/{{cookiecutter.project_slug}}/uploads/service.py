@@ -7,8 +7,8 @@ declaration before anything uses the object.
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
