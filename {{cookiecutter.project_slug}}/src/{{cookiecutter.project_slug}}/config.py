@@ -196,6 +196,14 @@ class Settings(DatabaseSettings):
     upload_abandon_after_minutes: float = Field(default=60.0, gt=0)
     schedule_upload_sweep_seconds: float = Field(default=600.0, ge=0)
     upload_sweep_batch_size: int = Field(default=500, ge=1)
+    # Browser origins allowed to upload straight to the bucket (CORS, set by storage-init).
+    s3_cors_origins: str = "*"
+    # Lifecycle rule storage-init sets: S3 aborts multipart uploads left open this many days.
+    s3_abort_incomplete_after_days: int = Field(default=1, ge=1)
+
+    @property
+    def s3_cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.s3_cors_origins.split(",") if origin.strip()]
 
     @field_validator("redis_url", "cache_redis_url")
     @classmethod

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
+
+log = structlog.get_logger(__name__)
 
 
 def create_storage(settings: Settings) -> ObjectStorage:
@@ -22,6 +25,21 @@ def create_storage(settings: Settings) -> ObjectStorage:
         path_style=settings.s3_force_path_style,
         max_concurrency=settings.s3_max_concurrency,
     )
+
+
+async def init_bucket(settings: Settings) -> dict[str, bool]:
+    """Once per environment (the bucket-init job): bucket, CORS, lifecycle. Safe to rerun."""
+    storage = create_storage(settings)
+    try:
+        await storage.ensure_bucket()
+        applied = await storage.configure_bucket(
+            cors_origins=settings.s3_cors_origin_list,
+            abort_incomplete_after_days=settings.s3_abort_incomplete_after_days,
+        )
+    finally:
+        storage.close()
+    log.info("storage.initialised", bucket=settings.s3_bucket, **applied)
+    return applied
 
 
 async def get_storage(request: Request) -> ObjectStorage:

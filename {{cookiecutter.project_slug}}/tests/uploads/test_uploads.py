@@ -6,11 +6,13 @@ import asyncio
 from typing import Any
 from uuid import UUID
 
+import anyio.to_thread
 import httpx
 import pytest
 from sqlalchemy import text
 
 from {{ cookiecutter.project_slug }}.patterns.storage import sha256_b64
+from {{ cookiecutter.project_slug }}.storage import init_bucket
 from tests.factories import auth_headers, insert_users
 from tests.uploads.conftest import UploadsApp
 
@@ -235,3 +237,16 @@ async def test_multipart_with_a_checksum_per_part(uploads_app: UploadsApp) -> No
     assert head is not None
     assert head.size == len(data)
     assert await app.storage.list_multipart(ticket["key"]) == []
+
+
+async def test_storage_init_sets_cors_and_the_multipart_lifecycle_rule(
+    uploads_app: UploadsApp,
+) -> None:
+    applied = await init_bucket(uploads_app.settings)
+    assert applied == {"cors": True, "lifecycle": True}
+    rules = await anyio.to_thread.run_sync(
+        lambda: uploads_app.storage.client.get_bucket_lifecycle_configuration(
+            Bucket=uploads_app.storage.bucket
+        )["Rules"]
+    )
+    assert rules[0]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1

@@ -298,3 +298,53 @@ class ObjectStorage:
                 "BucketAlreadyExists",
             }:
                 raise
+
+    async def configure_bucket(
+        self, *, cors_origins: Sequence[str], abort_incomplete_after_days: int
+    ) -> dict[str, bool]:
+        """CORS for browser uploads and the lifecycle rule that aborts stale multipart uploads.
+
+        Returns which of the two the server accepted: not every S3 API implements both (the
+        sweeper aborts stale multipart uploads either way).
+        """
+        applied: dict[str, bool] = {}
+        try:
+            await self._run(
+                self.client.put_bucket_cors,
+                Bucket=self.bucket,
+                CORSConfiguration={
+                    "CORSRules": [
+                        {
+                            "AllowedOrigins": list(cors_origins),
+                            "AllowedMethods": ["POST", "PUT", "GET", "HEAD"],
+                            "AllowedHeaders": ["*"],
+                            "ExposeHeaders": ["ETag", "x-amz-checksum-sha256"],
+                            "MaxAgeSeconds": 3600,
+                        }
+                    ]
+                },
+            )
+            applied["cors"] = True
+        except ClientError:
+            applied["cors"] = False
+        try:
+            await self._run(
+                self.client.put_bucket_lifecycle_configuration,
+                Bucket=self.bucket,
+                LifecycleConfiguration={
+                    "Rules": [
+                        {
+                            "ID": "abort-incomplete-multipart",
+                            "Status": "Enabled",
+                            "Filter": {"Prefix": ""},
+                            "AbortIncompleteMultipartUpload": {
+                                "DaysAfterInitiation": abort_incomplete_after_days
+                            },
+                        }
+                    ]
+                },
+            )
+            applied["lifecycle"] = True
+        except ClientError:
+            applied["lifecycle"] = False
+        return applied
