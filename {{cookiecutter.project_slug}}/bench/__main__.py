@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark in turn, on the configured or throwaway servers."""
 
-from . import http_core, orders_hot_query, pubsub, read_path
+from . import http_core, orders_hot_query, pubsub, read_path, storage
 from .services import services
 
 with services():
@@ -11,3 +11,5 @@ with services():
     orders_hot_query.main([])
     # Three API instances and 1,000 SSE subscribers (--subscribers 10000 for the issue's figure).
     pubsub.main([])
+    # Starts a throwaway SeaweedFS: direct-to-S3 vs streamed through the API (seconds).
+    storage.main()

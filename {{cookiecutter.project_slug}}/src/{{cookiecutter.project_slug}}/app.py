@@ -56,6 +56,8 @@ from {{ cookiecutter.project_slug }}.pubsub.router import decode_entry
 from {{ cookiecutter.project_slug }}.pubsub.router import router as events_router
 from {{ cookiecutter.project_slug }}.redis import create_redis
 from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
+from {{ cookiecutter.project_slug }}.storage import RequestBodyBytes, create_storage
+from {{ cookiecutter.project_slug }}.uploads.router import router as uploads_router
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery, warm_up
 
 log = structlog.get_logger(__name__)
@@ -102,6 +104,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pubsub_metrics = asyncio.create_task(
         refresh_pubsub_metrics(app.state.pubsub_metrics, engine, redis, settings)
     )
+    # One S3 client per process; presigning is local, its I/O runs in bounded threads.
+    app.state.storage = create_storage(settings)
     log.info("app.started", environment=settings.environment.value)
     try:
         # SIGTERM: fail readiness, keep serving DRAIN_SECONDS, then let the server stop.
@@ -112,6 +116,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pubsub_metrics.cancel()
         await asyncio.wait({pubsub_metrics}, timeout=2.0)
         await app.state.fanout.stop()
+        app.state.storage.close()
         await app.state.purger.aclose()
         await app.state.cache.aclose()
         celery.close()
@@ -160,6 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header_name="X-Request-ID",
         validator=is_acceptable_request_id,
     )
+    # Outermost: every request body byte this process receives (files must not be among them).
+    app.add_middleware(RequestBodyBytes, registry=app.state.metrics.registry)
 
     app.include_router(health_router)
     app.include_router(metrics_router(app.state.metrics.registry))
@@ -173,4 +180,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.environment is Environment.test:
         # Routes that fail on purpose, for the fault-injection proofs only.
         app.include_router(faults_router)
+    app.include_router(uploads_router)
     return app

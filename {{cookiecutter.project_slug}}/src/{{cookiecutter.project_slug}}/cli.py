@@ -89,6 +89,14 @@ def _seed(_: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_init(_: argparse.Namespace) -> int:
+    from {{ cookiecutter.project_slug }}.config import Settings
+    from {{ cookiecutter.project_slug }}.storage import init_bucket
+
+    asyncio.run(init_bucket(Settings()))
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from {{ cookiecutter.project_slug }}.devstack.launcher import run_dev
 
@@ -140,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("migrate", help="apply migrations").set_defaults(handler=_migrate)
     commands.add_parser("seed", help="insert sample data").set_defaults(handler=_seed)
+    commands.add_parser(
+        "storage-init", help="create the bucket, its CORS rule and multipart lifecycle rule"
+    ).set_defaults(handler=_storage_init)
 
     dev = commands.add_parser("dev", help="run the local stack (no Docker needed)")
     dev.add_argument(

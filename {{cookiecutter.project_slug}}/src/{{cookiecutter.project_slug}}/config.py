@@ -200,6 +200,41 @@ class Settings(DatabaseSettings):
     sse_queue_size: int = Field(default=256, ge=1)
     sse_heartbeat_seconds: int = Field(default=15, ge=1)
     sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
+    # --- object storage (issue 9) --- patterns/storage.py, docs/object-storage.md
+    # Any S3 API: SeaweedFS locally, AWS S3 / R2 / MinIO in production, no code change.
+    # Empty endpoint: AWS's own endpoint for S3_REGION.
+    s3_endpoint_url: str = ""
+    s3_bucket: str = "{{ cookiecutter.project_slug | replace('_', '-') }}"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # Path-style (http://host/bucket/key): SeaweedFS and MinIO need it; AWS accepts both.
+    s3_force_path_style: bool = True
+    # Blocking S3 calls (HEAD, complete, delete, put) run in threads, at most this many at once
+    # per process, so a slow S3 queues calls instead of taking every thread.
+    s3_max_concurrency: int = Field(default=16, ge=1)
+    # Public base URL of the images bucket prefix as the CDN edge serves it; empty: the API
+    # answers with S3_ENDPOINT_URL/bucket (development).
+    s3_public_base_url: str = ""
+    # Presigned upload URLs expire after this many seconds.
+    upload_url_ttl: int = Field(default=600, ge=1, le=604_800)
+    # Presigned downloads of private files (reports, user uploads): short.
+    download_url_ttl: int = Field(default=300, ge=1, le=604_800)
+    # Above this declared size a purpose that allows it gets a multipart upload.
+    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Pending uploads older than this are abandoned: the sweeper deletes row and object.
+    upload_abandon_after_minutes: float = Field(default=60.0, gt=0)
+    schedule_upload_sweep_seconds: float = Field(default=600.0, ge=0)
+    upload_sweep_batch_size: int = Field(default=500, ge=1)
+    # Browser origins allowed to upload straight to the bucket (CORS, set by storage-init).
+    s3_cors_origins: str = "*"
+    # Lifecycle rule storage-init sets: S3 aborts multipart uploads left open this many days.
+    s3_abort_incomplete_after_days: int = Field(default=1, ge=1)
+
+    @property
+    def s3_cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.s3_cors_origins.split(",") if origin.strip()]
 
     @field_validator("redis_url", "cache_redis_url")
     @classmethod

@@ -27,8 +27,6 @@ NOT_SETTINGS = {
     "API_PORT": "where the serve command listens (cli.py): a server argument, not app config",
     "IMAGE": "compose: which image tag to run",
     "POSTGRES_PASSWORD": "compose: the postgres container's password, spliced into DATABASE_URL",
-    "S3_ACCESS_KEY_ID": "the local S3's credentials (compose seaweedfs, devstack)",
-    "S3_SECRET_ACCESS_KEY": "the local S3's credentials (compose seaweedfs, devstack)",
     "PATH": "Dockerfile: the virtualenv on the PATH",
     "PYTHONUNBUFFERED": "Dockerfile: interpreter behaviour",
     "PYTHONDONTWRITEBYTECODE": "Dockerfile: interpreter behaviour (read-only root)",

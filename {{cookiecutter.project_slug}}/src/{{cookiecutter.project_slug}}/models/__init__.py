@@ -10,6 +10,7 @@ from {{ cookiecutter.project_slug }}.models.outbox import InboxEntry, OutboxEven
 from {{ cookiecutter.project_slug }}.models.payment import PaymentEvent
 from {{ cookiecutter.project_slug }}.models.product import Inventory, Product
 from {{ cookiecutter.project_slug }}.models.revenue import DailyRevenue
+from {{ cookiecutter.project_slug }}.models.upload import Upload, UploadPurpose, UploadStatus
 from {{ cookiecutter.project_slug }}.models.user import User
 
 __all__ = [
@@ -30,5 +31,8 @@ __all__ = [
     "OutboxEvent",
     "PaymentEvent",
     "Product",
+    "Upload",
+    "UploadPurpose",
+    "UploadStatus",
     "User",
 ]

@@ -32,4 +32,5 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "revenue-rollup", "reports.rollup_daily_revenue", settings.schedule_revenue_rollup_seconds
     )
     every("cleanup-stale-data", "jobs.cleanup_stale_data", settings.schedule_cleanup_seconds)
+    every("sweep-uploads", "uploads.sweep_abandoned", settings.schedule_upload_sweep_seconds)
     return entries

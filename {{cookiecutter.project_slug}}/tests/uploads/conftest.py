@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import anyio.to_thread
+import pytest
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
+from tests.s3_server import S3Server, run_seaweedfs
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real SeaweedFS with credentials: SigV4, POST policies and checksums are enforced."""
+    with run_seaweedfs() as server:
+        yield server
+
+
+@dataclass
+class UploadsApp:
+    client: AsyncClient
+    storage: ObjectStorage
+    settings: Settings
+    engine: AsyncEngine
+
+    def body_bytes(self) -> float:
+        """Request body bytes the API process received (its own metric)."""
+        value = self.client._transport.app.state.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
+            "http_request_body_bytes_total"
+        )
+        return float(value or 0.0)
+
+
+@pytest.fixture
+async def uploads_app(
+    committed_settings: Settings, committed_engine: AsyncEngine, s3: S3Server
+) -> AsyncIterator[UploadsApp]:
+    """The real app on the committed database (real concurrency) and the real S3."""
+    settings = committed_settings.model_copy(
+        update={
+            "s3_endpoint_url": s3.endpoint,
+            "s3_bucket": s3.bucket,
+            "s3_access_key_id": s3.access_key,
+            "s3_secret_access_key": SecretStr(s3.secret_key),
+            "multipart_threshold": 5 * 1024 * 1024,
+            "multipart_part_size": 5 * 1024 * 1024,
+        }
+    )
+    app = create_app(settings)
+    async with LifespanManager(app):
+        await empty_bucket(app.state.storage)
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield UploadsApp(client, app.state.storage, settings, committed_engine)
+        await empty_bucket(app.state.storage)
+
+
+async def empty_bucket(storage: ObjectStorage) -> None:
+    """Each proof counts objects from zero: the server is shared by the session."""
+    for upload in await storage.list_multipart(""):
+        await storage.abort_multipart(upload.key, upload.upload_id)
+
+    def keys() -> list[str]:
+        pages = storage.client.get_paginator("list_objects_v2").paginate(Bucket=storage.bucket)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    await storage.delete_many(await anyio.to_thread.run_sync(keys))
