@@ -163,7 +163,7 @@ def main(files: int = 50, size: int = 4 * MiB, concurrency: int = 8) -> dict[str
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(  # noqa: T201
+    print(
         f"storage: direct {direct['mb_per_s']} MB/s {direct['uploads_per_s']} uploads/s "
         f"{direct['api_cpu_s_per_mb']} API CPU s/MB; streamed {streamed['mb_per_s']} MB/s "
         f"{streamed['uploads_per_s']} uploads/s {streamed['api_cpu_s_per_mb']} API CPU s/MB; "
