@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from {{ cookiecutter.project_slug }}.devstack.topology import StackSettings
 
 ACCESS_KEY = "proof"
-SECRET_KEY = "proof-secret-key"  # noqa: S105 (a throwaway test server only)
+SECRET_KEY = "proof-secret-key"  # noqa: S105  # throwaway test server only
 BUCKET = "proofs"
 
 
@@ -49,7 +49,7 @@ def _bindable(port: int) -> bool:
 
 def _free_base() -> tuple[int, dict[str, int]]:
     for _ in range(200):
-        base = random.randrange(20_000, 40_000)  # noqa: S311 (a port choice, not crypto)
+        base = random.randrange(20_000, 40_000)  # noqa: S311  # port choice, not crypto
         ports = StackSettings(s3_internal_ports_from=base).seaweedfs_ports()
         s3_port = base + 8
         if all(_bindable(port) for port in [*ports.values(), s3_port]):
