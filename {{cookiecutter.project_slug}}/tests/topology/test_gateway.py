@@ -53,7 +53,7 @@ def seen_by_app(stack: LocalStack, request_id: str) -> dict[str, object]:
 
 async def test_every_process_of_the_topology_runs(stack: LocalStack) -> None:
     expected = {f"api.{i}" for i in range(1, INSTANCES + 1)}
-    expected |= {"gateway.1", "s3.1", "worker.1", "beat.1"}
+    expected |= {"gateway.1", "s3.1", "worker.1", "beat.1", "relay.1", "consumers.1"}
     expected |= {"edge.1"} if HAVE_VARNISH else set()
     assert set(stack.pids) == expected
     assert all(pid_alive(pid) for pid in stack.pids.values())

@@ -247,7 +247,8 @@ async def oldest_unpublished_age(engine: AsyncEngine) -> float:
 async def purge_published(session: AsyncSession, older_than: timedelta) -> int:
     """Delete rows published more than ``older_than`` ago; returns how many."""
     result = await session.execute(
-        text("DELETE FROM outbox WHERE published_at < now() - :age"), {"age": older_than}
+        text("DELETE FROM outbox WHERE published_at < now() - CAST(:age AS interval)"),
+        {"age": older_than},
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
