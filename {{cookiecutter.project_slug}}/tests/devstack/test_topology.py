@@ -111,7 +111,14 @@ def test_a_port_in_use_is_reported() -> None:
 def test_the_procfile_runs_every_piece_of_the_topology() -> None:
     processes = load_procfile(PROJECT_DIR / "Procfile", without=set())
     assert set(processes) == {
-        "api", "gateway", "edge", "s3", "worker", "beat", "relay", "consumers"
+        "api",
+        "gateway",
+        "edge",
+        "s3",
+        "worker",
+        "beat",
+        "relay",
+        "consumers",
     }
     assert "edge" not in load_procfile(PROJECT_DIR / "Procfile", without={"edge"})
     # exec: the PID honcho reports is the server's own, so a signal reaches the server.
