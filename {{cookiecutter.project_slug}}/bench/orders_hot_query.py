@@ -26,7 +26,6 @@ import random
 import secrets
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.orders.repository import newest_for_user
@@ -191,17 +191,6 @@ async def measure_query(database: str, runs: int, explains: int, seed: int) -> d
     }
 
 
-def _wait_until_healthy(base_url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("the API did not start")
-
-
 async def _typical_user() -> UUID:
     """A user with the median number of orders: the page is full, the user not an outlier."""
     engine = create_async_engine(_url(INDEXED))
@@ -251,14 +240,11 @@ def measure_endpoint(duration: float, connections: int) -> tuple[LoadResult, flo
     )
     token, _ = create_access_token(asyncio.run(_typical_user()), settings)
     headers = {"Authorization": f"Bearer {token}"}
-    command = [sys.executable, "-m", "uvicorn", "{{ cookiecutter.project_slug }}.app:create_app"]
-    command += ["--factory", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"]
-    command += ["--http", "httptools", "--no-access-log", "--log-level", "warning"]
-    server = subprocess.Popen(command, env=env)  # noqa: S603
+    server = subprocess.Popen(uvicorn_command(port), env=env)  # noqa: S603
     base_url = f"http://127.0.0.1:{port}"
     path = f"/orders?limit={PAGE}"
     try:
-        _wait_until_healthy(base_url, server)
+        wait_until_healthy(server, base_url)
         check = httpx.get(base_url + path, headers=headers, timeout=10)
         assert check.status_code == 200, check.text
         assert len(check.json()["items"]) == PAGE

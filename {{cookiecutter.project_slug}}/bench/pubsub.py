@@ -18,7 +18,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.patterns import outbox
@@ -124,37 +124,13 @@ async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict
     }
     for _ in range(3):
         port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "{{ cookiecutter.project_slug }}.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--backlog",
-            "16384",
-        ]
+        command = uvicorn_command(port, backlog=16384)
         processes.append(subprocess.Popen(command, env=env))  # noqa: ASYNC220, S603
         urls.append(f"http://127.0.0.1:{port}")
     engine = create_async_engine(url)
     try:
-        async with httpx.AsyncClient() as probe, asyncio.timeout(60):
-            for base in urls:
-                while True:
-                    try:
-                        if (await probe.get(f"{base}/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
+        for process, base in zip(processes, urls, strict=True):
+            await asyncio.to_thread(wait_until_healthy, process, base, timeout=60)
         before = sum(_rss_kib(p.pid) for p in processes)
         received: list[float] = []
         connected = 0

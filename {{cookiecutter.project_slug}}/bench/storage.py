@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 
+from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
 from {{ cookiecutter.project_slug }}.devstack.seaweedfs import S3Server, run_seaweedfs
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
@@ -102,33 +102,11 @@ def measure(s3: S3Server, files: int, size: int, concurrency: int) -> dict[str, 
         "S3_SECRET_ACCESS_KEY": s3.secret_key,
     }
     server = subprocess.Popen(  # noqa: S603  # our own interpreter, fixed arguments
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "bench.storage:create_bench_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=PROJECT_DIR,
-        env=env,
+        uvicorn_command(port, app="bench.storage:create_bench_app"), cwd=PROJECT_DIR, env=env
     )
     api = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{api}/docs", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until_healthy(server, api, health_path="/docs")
         results: dict[str, Any] = {}
         for mode in ("direct", "streamed"):
             cpu_before = _cpu_seconds(server.pid)

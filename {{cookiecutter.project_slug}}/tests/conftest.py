@@ -22,9 +22,7 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,6 @@ from uuid import UUID
 
 import anyio.to_thread
 import asyncpg
-import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
@@ -46,6 +43,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker as make_sessionmaker
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings
+from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
 from {{ cookiecutter.project_slug }}.devstack.servers import (
     RunningServer,
     ServerUnavailable,
@@ -303,21 +301,6 @@ class LiveServer:
         return {"Authorization": f"Bearer {token}"}
 
 
-def _wait_until_healthy(
-    process: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout: float = 30.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the live server did not start; its log:\n{log_path.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="session")
 def live_server(
     committed_settings: Settings,
@@ -343,18 +326,14 @@ def live_server(
         "CELERY_BROKER_KEY_PREFIX": settings.celery_broker_key_prefix,
     }
     log_path = tmp_path_factory.mktemp("live-server") / "server.log"
-    app = "{{ cookiecutter.project_slug }}.app:create_app"
-    command = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--loop", "uvloop", "--http", "httptools"]
-    command += ["--no-access-log", "--log-level", "warning", "--backlog", "4096"]
     # The proofs open every connection first, then race; on a busy machine that can take
     # longer than uvicorn's default 5 s keep-alive.
-    command += ["--timeout-keep-alive", "120"]
+    command = uvicorn_command(port, backlog=4096, keep_alive_seconds=120)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(process, base_url, log_path)
+        wait_until_healthy(process, base_url, log_path=log_path)
         yield LiveServer(base_url=base_url, settings=settings, pid=process.pid)
     finally:
         process.terminate()

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.outbox import Relay
@@ -49,38 +49,10 @@ def _start(
         "EVENTS_STREAM_PREFIX": prefix,
         **extra,
     }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "{{ cookiecutter.project_slug }}.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--backlog",
-        "2048",
-    ]
+    command = uvicorn_command(port)
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}"
-
-
-async def _healthy(url: str) -> None:
-    async with httpx.AsyncClient() as client, asyncio.timeout(30):
-        while True:
-            try:
-                if (await client.get(f"{url}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -91,7 +63,9 @@ async def instances(
         _start(committed_settings, prefix, tmp_path / f"api-{i}.log") for i in range(INSTANCES)
     ]
     try:
-        await asyncio.gather(*(_healthy(url) for _, url in started))
+        await asyncio.gather(
+            *(asyncio.to_thread(wait_until_healthy, process, url) for process, url in started)
+        )
         yield started
     finally:
         for process, _ in started:
@@ -200,7 +174,7 @@ async def test_a_client_that_never_reads_is_dropped_and_memory_stays_bounded(
         SSE_SEND_TIMEOUT_SECONDS="2",
     )
     try:
-        await _healthy(url)
+        await asyncio.to_thread(wait_until_healthy, process, url)
         host, port = url.removeprefix("http://").split(":")
         # A raw socket with a tiny receive buffer that sends the request and never reads.
         sock = socket.socket()
