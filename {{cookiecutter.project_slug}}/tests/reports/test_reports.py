@@ -32,14 +32,16 @@ pytestmark = pytest.mark.load
 
 DAYS = 16
 REQUESTS = 3
-PAUSE = 0.25  # REPORT_DAY_PAUSE_SECONDS for these workers: a 16-day report takes >= 4 s
+# One day per read and REPORT_READ_PAUSE_SECONDS between reads: a 16-day report takes >= 4 s
+PAUSE = 0.25
 
 
 @pytest.fixture(scope="module")
 def workers(job_stack: JobStack) -> list[CeleryProcess]:
     job_stack.extra_env.update(
         {
-            "REPORT_DAY_PAUSE_SECONDS": str(PAUSE),
+            "REPORT_DAYS_PER_READ": "1",
+            "REPORT_READ_PAUSE_SECONDS": str(PAUSE),
             # Room for the report under the time limits (still below the visibility timeout).
             "JOB_SOFT_TIME_LIMIT": "8",
             "JOB_HARD_TIME_LIMIT": "9",
