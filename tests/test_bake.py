@@ -87,7 +87,7 @@ def test_the_baked_ci_workflow_starts_what_make_test_needs_and_checks_the_image(
     image = "\n".join(step.get("run", "") for step in workflow["jobs"]["image"]["steps"])
     assert "docker build" in image
     assert "{{.State.Health.Status}}" in image  # rendered, not eaten by Jinja
-    assert "uv lock" in image  # the Dockerfile copies uv.lock and syncs --locked
+    assert "uv lock --check" in image  # the bake ships uv.lock; the Dockerfile syncs --locked
 
 
 def test_fastapi_floor_has_dependency_scopes() -> None:

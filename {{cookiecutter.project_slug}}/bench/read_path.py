@@ -162,6 +162,21 @@ def _cache_lookups(stack: LocalStack) -> tuple[float, float]:
     return hits, lookups
 
 
+def _settled_cache_lookups(stack: LocalStack, within: float = 15.0) -> tuple[float, float]:
+    """The cache lookups once requests still queued behind the gateway have finished: two
+    scrapes in a row that agree (polled, with a deadline), not a fixed wait."""
+    deadline = time.monotonic() + within
+    previous = _cache_lookups(stack)
+    while True:
+        time.sleep(0.2)
+        current = _cache_lookups(stack)
+        if current == previous:
+            return current
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cache lookups still moving after {within:.0f} s")
+        previous = current
+
+
 def _origin_requests(stack: LocalStack) -> float:
     return _metric(stack, "http_requests_total", f'route="{ROUTE}"')
 
@@ -188,15 +203,13 @@ def measure_stack(
         gateway = int(stack.urls["gateway"].rsplit(":", 1)[1])
         edge = int(stack.urls["edge"].rsplit(":", 1)[1])
         asyncio.run(run_load("127.0.0.1", gateway, path, duration=1.0, connections=CONNECTIONS))
-        time.sleep(1.0)  # requests still queued behind the gateway finish before counting
-        hits_before, lookups_before = _cache_lookups(stack)
+        hits_before, lookups_before = _settled_cache_lookups(stack)
         figures: dict[str, LoadResult | float] = {
             "gateway": asyncio.run(
                 run_load("127.0.0.1", gateway, path, duration=duration, connections=CONNECTIONS)
             )
         }
-        time.sleep(1.0)  # requests still queued behind the gateway finish before counting
-        hits_after, lookups_after = _cache_lookups(stack)
+        hits_after, lookups_after = _settled_cache_lookups(stack)
         hits, lookups = hits_after - hits_before, lookups_after - lookups_before
         figures["hit_ratio"] = round(hits / lookups, 4) if lookups else 0.0
         figures["cache_errors"] = _metric(stack, "cache_errors_total")

@@ -13,7 +13,7 @@ import inspect
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from types import ModuleType
 from typing import Any
 from uuid import UUID
@@ -29,6 +29,7 @@ from {{ cookiecutter.project_slug }}.orders import repository as orders
 from {{ cookiecutter.project_slug }}.patterns import plan_guard
 from {{ cookiecutter.project_slug }}.patterns.plan_guard import HotQuery, QueryPlanError
 from {{ cookiecutter.project_slug }}.products import repository as products
+from {{ cookiecutter.project_slug }}.reports import repository as reports
 from {{ cookiecutter.project_slug }}.seed import Volume, seed_volume
 from tests.conftest import drop_database, recreate_database, run_database_name
 
@@ -47,6 +48,8 @@ class Seeded:
     product_id: UUID
     product_cursor: tuple[datetime, UUID]
 
+
+TODAY = datetime.combine(datetime.now(UTC).date(), time.min, tzinfo=UTC)
 
 # Parameters for every registered hot query, as production would pass them: first pages and
 # later pages, common and rare attribute filters.
@@ -75,6 +78,13 @@ SAMPLES: dict[str, list[Callable[[Seeded], dict[str, Any]]]] = {
     "products.prices": [lambda s: {"product_ids": [s.product_id]}],
     "inventory.take": [lambda s: {"product_id": s.product_id, "quantity": 1}],
     "inventory.adjust": [lambda s: {"product_id": s.product_id, "delta": -1}],
+    # The sales report: a year of closed days from the roll-up, today from the orders, and
+    # the one-off roll-up of closed days the roll-up lacks (a month of them).
+    "reports.rolled_up_days": [lambda s: {"first": date(2025, 1, 1), "last": date(2025, 12, 31)}],
+    "reports.paid_orders_by_day": [lambda s: {"start": TODAY, "end": TODAY + timedelta(days=1)}],
+    "reports.roll_up_days": [
+        lambda s: {"days": [date(2025, 3, 1) + timedelta(days=n) for n in range(31)]}
+    ],
 }
 
 CASES = [
@@ -145,7 +155,7 @@ def test_every_hot_query_has_sample_parameters() -> None:
     assert set(SAMPLES) == set(plan_guard.registered())
 
 
-@pytest.mark.parametrize("module", [orders, products], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [orders, products, reports], ids=lambda m: m.__name__)
 def test_every_statement_builder_in_a_repository_is_guarded(module: ModuleType) -> None:
     # A new query builder that forgets @hot_query fails here, so it cannot dodge the guard.
     guarded = {query.build for query in plan_guard.registered().values()}
@@ -153,7 +163,9 @@ def test_every_statement_builder_in_a_repository_is_guarded(module: ModuleType) 
         function
         for _, function in inspect.getmembers(module, inspect.isfunction)
         if function.__module__ == module.__name__
-        and re.match(r"(Select|Update|Delete)\b", str(function.__annotations__.get("return")))
+        and re.match(
+            r"(Select|Insert|Update|Delete)\b", str(function.__annotations__.get("return"))
+        )
     ]
     assert builders
     assert [f.__name__ for f in builders if f not in guarded] == []

@@ -166,8 +166,10 @@ class Settings(DatabaseSettings):
     job_requeue_after_minutes: float = Field(default=15.0, gt=0)
     # Days the revenue roll-up recomputes on each run (today, yesterday, ...).
     revenue_rollup_lookback_days: int = Field(default=2, ge=1)
-    # Pause between the days of a sales report: spreads a big report's reads on the primary.
-    report_day_pause_seconds: float = Field(default=0.0, ge=0)
+    # A sales report reads this many days per transaction (progress and the job's lease are
+    # renewed after each read), pausing between reads: spreads a big report on the primary.
+    report_days_per_read: int = Field(default=31, ge=1)
+    report_read_pause_seconds: float = Field(default=0.0, ge=0)
 
     # --- payments and job leases (issue 12) ---
     # "local": a signer inside the app that POSTs real signed webhooks (dev and tests). A real

@@ -119,6 +119,31 @@ async def items(item_engine: AsyncEngine) -> AsyncIterator[ItemTable]:
 
 
 @dataclass
+class Clock:
+    """The cache's wall clock, moved by the test: a TTL passes without waiting for it."""
+
+    now: float = field(default_factory=time.time)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def expired(redis_url: str, key: str, within: float = 10.0) -> None:
+    """Poll until Redis itself has expired ``key`` (its PX), failing after ``within`` s."""
+    redis = Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + within
+        while await redis.exists(key):
+            assert time.monotonic() < deadline, f"{key} did not expire within {within}s"
+            await asyncio.sleep(0.02)
+    finally:
+        await redis.aclose()
+
+
+@dataclass
 class Instances:
     """Cache objects as separate API instances would hold them: own client, own metrics."""
 
@@ -199,7 +224,7 @@ async def test_values_are_stored_as_compact_json_under_a_versioned_key(
 
 
 async def test_not_found_is_remembered_for_the_short_negative_ttl(
-    items: ItemTable, instances: Instances
+    items: ItemTable, instances: Instances, redis_url: str
 ) -> None:
     cache = instances.new(jitter=0)
     assert await cache.get_or_load(ITEMS, "404", items.loader(404)) is None
@@ -207,7 +232,8 @@ async def test_not_found_is_remembered_for_the_short_negative_ttl(
     assert items.loads == 1  # the second "not found" came from Redis
 
     await items.put(404, "created later")
-    await asyncio.sleep(ITEMS.negative_ttl + 0.1)
+    # The not-found entry lives exactly its negative TTL in Redis: wait for Redis to drop it.
+    await expired(redis_url, cache.key(ITEMS, "404"))
     found = await cache.get_or_load(ITEMS, "404", items.loader(404))
     assert found is not None
     assert found.name == "created later"
@@ -323,10 +349,11 @@ async def test_an_expired_hot_key_is_served_stale_while_one_caller_reloads(
 ) -> None:
     region = CacheRegion("swr", Item, ttl=0.3, stale_ttl=60)
     await items.put(3, "old name")
-    first, second = instances.new(jitter=0), instances.new(jitter=0)
+    clock = Clock()
+    first, second = instances.new(jitter=0, clock=clock), instances.new(jitter=0, clock=clock)
     await first.get_or_load(region, "3", items.loader(3))
     await items.put(3, "new name", version=2)
-    await asyncio.sleep(0.4)  # past the fresh TTL, inside the stale window
+    clock.advance(0.4)  # past the fresh TTL, inside the stale window
 
     results = await asyncio.gather(
         *(items.read(cache, 3, region=region, delay=0.3) for cache in [first, second] * 100)
@@ -348,9 +375,10 @@ async def test_the_stale_value_is_served_when_the_reload_fails(
 ) -> None:
     region = CacheRegion("stale-if-error", Item, ttl=0.2, stale_ttl=60)
     await items.put(4, "still here")
-    cache = instances.new(jitter=0)
+    clock = Clock()
+    cache = instances.new(jitter=0, clock=clock)
     await cache.get_or_load(region, "4", items.loader(4))
-    await asyncio.sleep(0.3)
+    clock.advance(0.3)  # past the fresh TTL, inside the stale window
 
     async def database_down() -> Item | None:
         raise ConnectionRefusedError("database is down")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +33,8 @@ from tests.edge import Edge, fetch_many, needs_varnish, start_edge
 pytestmark = needs_varnish
 
 CATALOG = CachePolicy.public(max_age=30, s_maxage=300, stale_while_revalidate=60)
-SHORT = CachePolicy.public(max_age=0, s_maxage=1, stale_while_revalidate=30)
+SHORT_S_MAXAGE = 1
+SHORT = CachePolicy.public(max_age=0, s_maxage=SHORT_S_MAXAGE, stale_while_revalidate=30)
 
 
 @dataclass
@@ -207,8 +209,11 @@ async def test_stale_while_revalidate_serves_the_old_object_while_one_fetch_refr
     item = fresh_id()
     origin.names[item] = "before"
     await client.get(f"/short/{item}")
+    filled = time.monotonic()
     origin.names[item] = "after"
-    await asyncio.sleep(1.5)  # past s-maxage=1, inside stale-while-revalidate=30
+    # No request may reach the edge before the burst (it would start the refresh), so there is
+    # nothing to poll: let the object's s-maxage run out, counted from its fill.
+    await asyncio.sleep(max(0.0, filled + SHORT_S_MAXAGE + 0.5 - time.monotonic()))
 
     burst = await fetch_many(edge.port, [(f"/short/{item}", {})] * 200)
 
@@ -217,8 +222,13 @@ async def test_stale_while_revalidate_serves_the_old_object_while_one_fetch_refr
     # refreshed one, every one of them from the edge.
     assert {reply.headers["x-cache"] for reply in burst} == {"HIT"}
     assert b"before" in burst[0].body
-    await asyncio.sleep(0.3)
-    assert (await client.get(f"/short/{item}")).json()["name"] == "after"
+
+    # The one background refresh lands: poll the edge (each read is a HIT; while the refresh
+    # runs, Varnish starts no second one) until it serves the new object.
+    deadline = time.monotonic() + 10
+    while (await client.get(f"/short/{item}")).json()["name"] != "after":
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        await asyncio.sleep(0.05)
     assert origin.hits[f"short-{item}"] == 2  # the first fill and one background refresh
 
 

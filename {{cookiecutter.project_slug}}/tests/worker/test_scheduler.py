@@ -57,22 +57,26 @@ def test_two_beat_processes_fire_each_job_once_per_tick_and_the_standby_takes_ov
     assert leader is not None, "no beat acquired the lock"
     standby = next(b for b in beats if b is not leader)
 
-    time.sleep(6 * TICK + 0.5)
-    fired = runs(workers)
+    # Six runs, polled for (a deadline, not a fixed wait): then judge them by their own stamps.
+    deadline = time.monotonic() + 30 * TICK
+    while len(fired := runs(workers)) < 6:
+        assert time.monotonic() < deadline, f"only {len(fired)} runs in {30 * TICK:.0f} s"
+        time.sleep(0.1)
     senders = {event["published_by"].split(":")[1] for event in fired}
     published = [float(event["published_at"]) for event in fired]
     gaps = [later - earlier for earlier, later in itertools.pairwise(published)]
+    ticks = (published[-1] - published[0]) / TICK
     print(  # noqa: T201  # the figure the docs quote (pytest -s)
-        f"\n[{job_stack.broker}] two beats, {len(fired)} runs over ~{6 * TICK:.0f} ticks, "
+        f"\n[{job_stack.broker}] two beats, {len(fired)} runs over {ticks:.1f} ticks, "
         f"senders={sorted(senders)}, smallest gap={min(gaps):.2f}s"
     )
     assert standby.popen.poll() is None, "the standby beat must keep running, waiting"
     assert not any(e.get("event") == "beat: Acquired lock" for e in standby.events())
-    # Only the lock holder sent, and no tick was sent twice (two sends would be ~0 s apart).
+    # Only the lock holder sent, and no tick was sent twice (two sends would be ~0 s apart):
+    # at most one run per tick between the first and the last.
     assert senders == {str(leader.pid)}
-    assert len(fired) >= 5
     assert min(gaps) > TICK / 2
-    assert len(fired) <= 6 * TICK / TICK + 2
+    assert len(fired) <= ticks + 1.5
 
     # The leader dies without releasing its lock: the standby takes over when it expires.
     leader.kill_hard()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from {{ cookiecutter.project_slug }}.auth.repository import UserRepository
 from {{ cookiecutter.project_slug }}.auth.security import decode_access_token
-from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
 from {{ cookiecutter.project_slug }}.exceptions import Forbidden, NotAuthenticated
 from {{ cookiecutter.project_slug }}.models import User
 from {{ cookiecutter.project_slug }}.postgres import DbSession
@@ -17,16 +17,6 @@ from {{ cookiecutter.project_slug }}.postgres import DbSession
 # auto_error=False: a missing header becomes our 401 problem, not FastAPI's bare 403.
 MAX_TOKEN_LENGTH = 4096
 bearer = HTTPBearer(auto_error=False, description="Access token from POST /auth/login")
-
-
-# async on purpose: FastAPI runs a sync dependency in the thread pool, a hop that costs more
-# than the attribute read itself on every authenticated request.
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def get_current_user(

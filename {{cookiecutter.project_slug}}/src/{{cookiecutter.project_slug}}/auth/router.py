@@ -3,9 +3,10 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from {{ cookiecutter.project_slug }}.auth import service
-from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, SettingsDep
+from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
 from {{ cookiecutter.project_slug }}.auth.schemas import AccessToken, Login, Registration, UserRead
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
+from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 
 router = APIRouter(tags=["auth"])

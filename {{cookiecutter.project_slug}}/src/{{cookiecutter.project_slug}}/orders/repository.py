@@ -4,6 +4,7 @@ query: the plan guard (tests/test_query_plans.py) proves each is served by an in
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -13,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from {{ cookiecutter.project_slug }}.models import Order, OrderItem, OrderStatus
+from {{ cookiecutter.project_slug }}.models import Order, OrderItem, OrderStatus, User
 from {{ cookiecutter.project_slug }}.patterns.keyset import Keyset
 from {{ cookiecutter.project_slug }}.patterns.plan_guard import hot_query
 
@@ -22,6 +23,16 @@ NEWEST_FIRST = Keyset((Order.created_at, Order.id))
 
 
 SummaryRow = Row[UUID, OrderStatus, int, datetime]
+CancelledRow = Row[UUID, UUID, int]
+
+
+@dataclass(frozen=True)
+class ConfirmationDetails:
+    email: str
+    total_cents: int
+    created_at: datetime
+    lines: int
+    units: int
 
 
 @hot_query("orders.newest_for_user", forbid_sort=True)
@@ -152,6 +163,54 @@ class OrderRepository:
             .returning(Order.user_id)
         )
         return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def confirmation_details(self, order_id: UUID) -> ConfirmationDetails | None:
+        """What the confirmation says: the total, when, to whom, and the lines and units."""
+        row = (
+            await self.session.execute(
+                select(Order.total_cents, Order.created_at, User.email)
+                .join(User, User.id == Order.user_id)
+                .where(Order.id == order_id)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        lines, units = (
+            await self.session.execute(
+                select(func.count(), func.coalesce(func.sum(OrderItem.quantity), 0)).where(
+                    OrderItem.order_id == order_id
+                )
+            )
+        ).one()
+        return ConfirmationDetails(row.email, row.total_cents, row.created_at, lines, units)
+
+    async def lock_pending_before(self, cutoff: datetime, limit: int) -> list[UUID]:
+        """Up to ``limit`` pending orders placed before ``cutoff``, oldest first, locked;
+        rows another transaction holds (say a payment) are skipped, left for the next run."""
+        batch = pending_oldest_first(cutoff, limit).with_for_update(skip_locked=True)
+        return list((await self.session.execute(batch)).scalars())
+
+    async def cancel_pending(self, order_ids: Collection[UUID]) -> list[CancelledRow]:
+        """``pending -> cancelled`` for those still pending: (id, user_id, total_cents)."""
+        statement = (
+            update(Order)
+            .where(Order.id.in_(order_ids), Order.status == OrderStatus.pending)
+            .values(status=OrderStatus.cancelled, updated_at=func.now())
+            .returning(Order.id, Order.user_id, Order.total_cents)
+        )
+        return list(await self.session.execute(statement))
+
+    async def units_by_product(self, order_ids: Collection[UUID]) -> list[tuple[UUID, int]]:
+        """Units the orders hold per product, in product-id order (the lock order)."""
+        statement = (
+            select(OrderItem.product_id, func.sum(OrderItem.quantity))
+            .where(OrderItem.order_id.in_(order_ids))
+            .group_by(OrderItem.product_id)
+            .order_by(OrderItem.product_id)
+        )
+        return [
+            (product_id, int(units)) for product_id, units in await self.session.execute(statement)
+        ]
 
     async def list_newest(
         self, user_id: UUID, *, after: Sequence[Any] | None, limit: int

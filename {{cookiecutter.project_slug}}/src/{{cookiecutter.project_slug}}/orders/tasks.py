@@ -6,22 +6,15 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import structlog
-from sqlalchemy import func, select, update
 
 from {{ cookiecutter.project_slug }}.exceptions import NotFound
-from {{ cookiecutter.project_slug }}.models import (
-    IdempotencyKey,
-    Inventory,
-    Order,
-    OrderItem,
-    OrderStatus,
-    User,
-)
+from {{ cookiecutter.project_slug }}.models import IdempotencyKey, OrderStatus
 from {{ cookiecutter.project_slug }}.notifications.notifier import Message
-from {{ cookiecutter.project_slug }}.orders.repository import pending_oldest_first
+from {{ cookiecutter.project_slug }}.orders.repository import OrderRepository
 from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.idempotency import claim
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
+from {{ cookiecutter.project_slug }}.products.repository import InventoryRepository
 from {{ cookiecutter.project_slug }}.products.service import invalidate_products
 from {{ cookiecutter.project_slug }}.pubsub.events import ORDER_EXPIRED, order_event, stock_changed
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
@@ -40,32 +33,20 @@ async def send_order_confirmation(ctx: WorkerContext, *, order_id: str) -> str:
     """
     key = f"order-confirmation:{order_id}"
     async with ctx.transaction() as session:
-        row = (
-            await session.execute(
-                select(Order.total_cents, Order.created_at, User.email)
-                .join(User, User.id == Order.user_id)
-                .where(Order.id == UUID(order_id))
-            )
-        ).one_or_none()
-        if row is None:
+        details = await OrderRepository(session).confirmation_details(UUID(order_id))
+        if details is None:
             raise NotFound(f"order {order_id} does not exist")
-        items = (
-            await session.execute(
-                select(func.count(), func.sum(OrderItem.quantity)).where(
-                    OrderItem.order_id == UUID(order_id)
-                )
-            )
-        ).one()
         if not await claim(session, IdempotencyKey, key, task_name=SEND_CONFIRMATION):
             return "duplicate"
         await ctx.notifier.send(
             session,
             Message(
-                recipient=row.email,
+                recipient=details.email,
                 subject=f"Order {order_id} confirmed",
                 body=(
-                    f"Thank you for your order of {items[1]} item(s) in {items[0]} line(s), "
-                    f"total {row.total_cents / 100:.2f}. It was placed at {row.created_at:%c} UTC "
+                    f"Thank you for your order of {details.units} item(s) in {details.lines} "
+                    f"line(s), total {details.total_cents / 100:.2f}. It was placed at "
+                    f"{details.created_at:%c} UTC "
                     "and is awaiting payment."
                 ),
                 idempotency_key=key,
@@ -95,20 +76,11 @@ async def expire_unpaid(ctx: WorkerContext) -> int:
     expired = 0
     while True:
         async with ctx.transaction() as session:
-            batch = pending_oldest_first(cutoff, settings.expire_unpaid_batch_size)
-            order_ids = list(
-                (await session.execute(batch.with_for_update(skip_locked=True))).scalars()
-            )
+            orders = OrderRepository(session)
+            order_ids = await orders.lock_pending_before(cutoff, settings.expire_unpaid_batch_size)
             if not order_ids:
                 break
-            cancelled = (
-                await session.execute(
-                    update(Order)
-                    .where(Order.id.in_(order_ids), Order.status == OrderStatus.pending)
-                    .values(status=OrderStatus.cancelled, updated_at=func.now())
-                    .returning(Order.id, Order.user_id, Order.total_cents)
-                )
-            ).all()
+            cancelled = await orders.cancel_pending(order_ids)
             events = [
                 order_event(
                     ORDER_EXPIRED,
@@ -119,23 +91,12 @@ async def expire_unpaid(ctx: WorkerContext) -> int:
                 )
                 for row in cancelled
             ]
-            returned = (
-                await session.execute(
-                    select(OrderItem.product_id, func.sum(OrderItem.quantity))
-                    .where(OrderItem.order_id.in_(order_ids))
-                    .group_by(OrderItem.product_id)
-                    .order_by(OrderItem.product_id)
-                )
-            ).all()
+            returned = await orders.units_by_product(order_ids)
             # Product-id order, like order placement takes them: two transactions that both
             # touch products A and B lock A first, so they queue instead of deadlocking.
+            inventory = InventoryRepository(session)
             for product_id, quantity in returned:
-                stock = await session.scalar(
-                    update(Inventory)
-                    .where(Inventory.product_id == product_id)
-                    .values(stock=Inventory.stock + quantity, updated_at=func.now())
-                    .returning(Inventory.stock)
-                )
+                stock = await inventory.adjust(product_id, quantity)
                 if stock is not None:
                     events.append(stock_changed(product_id, stock))
             # Same transaction as the change: the events exist exactly when it commits, and

@@ -5,7 +5,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Request, status
 
-from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, SettingsDep
+from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
+from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
 from {{ cookiecutter.project_slug }}.patterns.http_cache import PRIVATE_NO_STORE, cache_policy
 from {{ cookiecutter.project_slug }}.payments import service
 from {{ cookiecutter.project_slug }}.payments.provider import PaymentProvider

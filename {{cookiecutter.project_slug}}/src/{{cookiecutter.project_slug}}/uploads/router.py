@@ -6,7 +6,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, status
 
-from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, SettingsDep
+from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
+from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
 from {{ cookiecutter.project_slug }}.models import Upload, UploadStatus
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 from {{ cookiecutter.project_slug }}.postgres import DbSession
