@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_redis
 from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack
 from tests.conftest import drop_database
 from tests.topology.conftest import (
@@ -53,11 +54,38 @@ LIMITED = {
 }
 
 
+class LimiterRedis:
+    """The limiter's own Redis (RATE_LIMIT_REDIS_URL), which one proof stops and restarts on
+    the same port; the app's main Redis stays up throughout."""
+
+    def __init__(self) -> None:
+        self.server: RunningServer = start_redis()
+        self.url = self.server.url
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        self.server = start_redis(port=self.port)
+
+
+@pytest.fixture(scope="module")
+def limiter_redis() -> Iterator[LimiterRedis]:
+    redis = LimiterRedis()
+    yield redis
+    redis.stop()
+
+
 @pytest.fixture(scope="module")
 async def limited_stack(
-    tmp_path_factory: pytest.TempPathFactory, worker_id: str
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, limiter_redis: LimiterRedis
 ) -> AsyncIterator[LocalStack]:
-    env = {**LIMITED, "RATE_LIMIT_KEY_PREFIX": f"test-ratelimit:{secrets.token_hex(6)}"}
+    env = {
+        **LIMITED,
+        "RATE_LIMIT_KEY_PREFIX": f"test-ratelimit:{secrets.token_hex(6)}",
+        "RATE_LIMIT_REDIS_URL": limiter_redis.url,
+    }
     slot = new_slot(tmp_path_factory.mktemp("rate-limits"))
     running, database = await start_stack(slot, worker_id, extra_env=env)
     yield running
@@ -210,3 +238,58 @@ async def test_a_flood_gets_429_from_the_gateway_before_any_instance(
     # Another address is untouched by the flood.
     async with client_from("127.0.0.51", edge) as client:
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def backend_errors(stack: LocalStack) -> float:
+    """rate_limit_backend_errors_total summed over every instance's own /metrics."""
+    total = 0.0
+    async with httpx.AsyncClient() as client:
+        for url in instance_urls(stack):
+            text = (await client.get(f"{url}/metrics")).text
+            total += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("rate_limit_backend_errors_total{")
+            )
+    return total
+
+
+async def test_with_the_limiters_redis_stopped_reads_pass_and_login_is_limited_per_instance(
+    limited_stack: LocalStack, limiter_redis: LimiterRedis, results: dict[str, Any]
+) -> None:
+    edge = limited_stack.urls["edge"]
+    token = await sign_up(edge, "127.0.0.60")
+    reads_sent = 2 * USER_LIMIT
+    logins_sent = 4 * LOGIN_IP_LIMIT
+    limiter_redis.stop()
+    try:
+        async with client_from("127.0.0.61", edge) as client:
+            headers = {"Authorization": f"Bearer {token}"}
+            reads = Counter(
+                r.status_code
+                for r in await asyncio.gather(
+                    *(client.get("/users/me", headers=headers) for _ in range(reads_sent))
+                )
+            )
+        async with client_from("127.0.0.62", edge) as client:
+            logins = Counter(
+                [
+                    (
+                        await client.post(
+                            "/auth/login",
+                            json={"email": f"outage-{i}@example.com", "password": PASSWORD},
+                        )
+                    ).status_code
+                    for i in range(logins_sent)
+                ]
+            )
+        errors = await backend_errors(limited_stack)
+    finally:
+        limiter_redis.restart()
+    results["limiter_redis_down"] = {"reads": dict(reads), "logins": dict(logins)}
+    # Fail open for reads: past the user quota, every one served, no 5xx.
+    assert reads == Counter({200: reads_sent})
+    # Login falls back to each instance's own count: still bounded, by instances x limit.
+    assert set(logins) == {401, 429}
+    assert LOGIN_IP_LIMIT <= logins[401] <= len(instance_urls(limited_stack)) * LOGIN_IP_LIMIT
+    assert errors >= reads_sent + logins_sent
