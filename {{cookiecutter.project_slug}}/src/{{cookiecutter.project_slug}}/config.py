@@ -120,8 +120,13 @@ class Settings(DatabaseSettings):
     keep_alive_timeout: int = Field(default=65, ge=1)
 
     secret_key: SecretStr = SecretStr(DEV_SECRET)
+    # Rotation: the old SECRET_KEY, still accepted (never used to sign) until its tokens expire.
+    secret_key_previous: SecretStr = SecretStr("")
     access_token_ttl_seconds: int = Field(default=3600, ge=60)
     jwt_issuer: str = "{{ cookiecutter.project_slug }}"
+    # The `aud` every token is issued for and checked against: a token minted for another
+    # service sharing the key is refused here.
+    jwt_audience: str = "{{ cookiecutter.project_slug }}-api"
 
     # --- Background jobs (Celery) and the scheduler (beat + RedBeat); see docs/queue.md ---
     celery_broker_url: str = DEFAULT_BROKER_URL
@@ -327,6 +332,12 @@ class Settings(DatabaseSettings):
                 f"SECRET_KEY must be a random value of at least {MIN_SECRET_LENGTH} characters "
                 f"when ENVIRONMENT={self.environment.value}; generate one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        previous = self.secret_key_previous.get_secret_value()
+        if previous and (previous in PLACEHOLDER_SECRETS or len(previous) < MIN_SECRET_LENGTH):
+            raise ValueError(
+                f"SECRET_KEY_PREVIOUS must be empty or a real key of at least "
+                f"{MIN_SECRET_LENGTH} characters when ENVIRONMENT={self.environment.value}"
             )
         if "guest:guest@" in self.broker_url:
             raise ValueError(
