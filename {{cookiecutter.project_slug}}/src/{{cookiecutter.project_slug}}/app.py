@@ -16,6 +16,7 @@ import sqlalchemy.exc
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
@@ -177,6 +178,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header_name="X-Request-ID",
         validator=is_acceptable_request_id,
     )
+    # An allow-list of browser origins (CORS_ALLOW_ORIGINS); none by default. Bearer tokens, no
+    # cookies: credentials are never allowed cross-origin.
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
     # Outermost: every request body byte this process receives (files must not be among them).
     app.add_middleware(RequestBodyBytes, registry=app.state.metrics.registry)
 

@@ -264,6 +264,10 @@ class Settings(DatabaseSettings):
     # --- fail-closed defaults (issue 11) ---
     # /openapi.json and /docs: on outside production; in production only if this is true.
     openapi_public: bool = False
+    # Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    # "https://shop.example.com". Empty: no cross-origin browser access at all. "*" is refused
+    # outside development and test.
+    cors_allow_origins: str = ""
 
     @field_validator(
         "rate_limit_user",
@@ -339,6 +343,11 @@ class Settings(DatabaseSettings):
                 f"SECRET_KEY_PREVIOUS must be empty or a real key of at least "
                 f"{MIN_SECRET_LENGTH} characters when ENVIRONMENT={self.environment.value}"
             )
+        if "*" in self.cors_origin_list:
+            raise ValueError(
+                f"CORS_ALLOW_ORIGINS may not be '*' when ENVIRONMENT={self.environment.value}; "
+                "list the browser origins that may call the API"
+            )
         if "guest:guest@" in self.broker_url:
             raise ValueError(
                 f"CELERY_BROKER_URL uses RabbitMQ's default guest account when "
@@ -366,6 +375,10 @@ class Settings(DatabaseSettings):
     @property
     def rate_limit_redis(self) -> str:
         return self.rate_limit_redis_url or self.redis_url
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
 
     @property
     def openapi_enabled(self) -> bool:
