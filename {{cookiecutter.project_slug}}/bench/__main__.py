@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark in turn, on the configured or throwaway servers."""
 
-from . import http_core, orders_hot_query, pubsub, read_path, storage
+from . import http_core, orders_hot_query, pubsub, rate_limit, read_path, storage
 from .services import services
 
 with services():
@@ -13,3 +13,5 @@ with services():
     pubsub.main([])
     # Starts a throwaway SeaweedFS: direct-to-S3 vs streamed through the API (seconds).
     storage.main()
+    # The moving window on Redis, shared and with Redis down (seconds).
+    rate_limit.main([])

@@ -73,6 +73,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(urls)
     # Names this run's databases, so concurrent runs against one server stay apart.
     os.environ.setdefault("TEST_RUN_ID", secrets.token_hex(3))
+    # The rest of the suite signs up hundreds of users from one address: rate limits are off
+    # for every app, server and stack it starts (they read the variable), and the rate-limit
+    # proofs switch them on for their own (tests/auth/test_rate_limits.py and its kin).
+    os.environ.setdefault("RATE_LIMIT_ENABLED", "false")
 
 
 def unconsumed_jobs_namespace() -> dict[str, str]:

@@ -31,7 +31,7 @@ def test_production_refuses_placeholder_or_short_secrets(secret: str) -> None:
 
 
 def test_production_accepts_a_real_secret() -> None:
-    settings = make(environment="production", secret_key="x" * 48)
+    settings = make(environment="production", secret_key="x" * 48, payments_webhook_secret="y" * 40)
     assert settings.environment == "production"
 
 
@@ -101,3 +101,66 @@ def test_an_empty_broker_url_means_the_redis_at_redis_url() -> None:
     settings = make(celery_broker_url="")
     assert settings.broker_url == "redis://h:6379/0"
     assert settings.broker_is_redis
+
+
+def test_production_refuses_the_published_webhook_secret() -> None:
+    with pytest.raises(ValidationError, match="PAYMENTS_WEBHOOK_SECRET"):
+        make(environment="production", secret_key="x" * 48)
+    settings = make(environment="production", secret_key="x" * 48, payments_webhook_secret="y" * 40)
+    assert settings.environment == "production"
+
+
+def test_a_rate_that_limits_cannot_read_fails_naming_the_setting() -> None:
+    with pytest.raises(ValidationError, match="RATE_LIMIT_LOGIN_IP must be a rate"):
+        make(rate_limit_login_ip="twenty a minute")
+
+
+@pytest.mark.parametrize(
+    ("environment", "public", "served"),
+    [
+        ("development", False, True),
+        ("test", False, True),
+        ("production", False, False),
+        ("production", True, True),
+    ],
+)
+async def test_the_openapi_schema_is_off_in_production_unless_a_setting_says_so(
+    environment: str, public: bool, served: bool
+) -> None:
+    from httpx import ASGITransport, AsyncClient
+
+    from {{ cookiecutter.project_slug }}.app import create_app
+
+    extra = {"secret_key": "x" * 48, "payments_webhook_secret": "y" * 40}
+    app = create_app(make(environment=environment, openapi_public=public, **extra))
+    # No lifespan: the routes alone.
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://api") as client:
+        codes = {(await client.get(path)).status_code for path in ("/openapi.json", "/docs")}
+    assert codes == ({200} if served else {404})
+
+
+def test_cors_allows_only_the_listed_origins_and_never_a_wildcard_in_production() -> None:
+    settings = make(cors_allow_origins="https://shop.example.com, https://admin.example.com")
+    assert settings.cors_origin_list == ["https://shop.example.com", "https://admin.example.com"]
+    extra = {"secret_key": "x" * 48, "payments_webhook_secret": "y" * 40}
+    with pytest.raises(ValidationError, match="CORS_ALLOW_ORIGINS may not be"):
+        make(environment="production", cors_allow_origins="*", **extra)
+
+
+async def test_a_preflight_from_a_listed_origin_is_allowed_and_from_another_is_not() -> None:
+    from httpx import ASGITransport, AsyncClient
+
+    from {{ cookiecutter.project_slug }}.app import create_app
+
+    app = create_app(make(cors_allow_origins="https://shop.example.com"))
+    preflight = {"Access-Control-Request-Method": "POST"}
+    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://api") as client:
+        allowed = await client.options(
+            "/orders", headers={**preflight, "Origin": "https://shop.example.com"}
+        )
+        refused = await client.options(
+            "/orders", headers={**preflight, "Origin": "https://evil.example.net"}
+        )
+    assert allowed.headers["access-control-allow-origin"] == "https://shop.example.com"
+    assert "access-control-allow-credentials" not in allowed.headers
+    assert "access-control-allow-origin" not in refused.headers

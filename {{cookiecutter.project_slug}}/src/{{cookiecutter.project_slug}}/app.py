@@ -16,6 +16,7 @@ import sqlalchemy.exc
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
@@ -43,6 +44,7 @@ from {{ cookiecutter.project_slug }}.patterns.problem import (
     install_problem_handlers,
     install_unavailable_handler,
 )
+from {{ cookiecutter.project_slug }}.patterns.rate_limit import RateLimitHeaders
 from {{ cookiecutter.project_slug }}.patterns.readiness import dependency_gauge
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
@@ -54,6 +56,7 @@ from {{ cookiecutter.project_slug }}.pubsub.events import ORDER, PRODUCT
 from {{ cookiecutter.project_slug }}.pubsub.metrics import PubSubMetrics, refresh_pubsub_metrics
 from {{ cookiecutter.project_slug }}.pubsub.router import decode_entry
 from {{ cookiecutter.project_slug }}.pubsub.router import router as events_router
+from {{ cookiecutter.project_slug }}.rate_limits import build_policies, create_rate_limiter
 from {{ cookiecutter.project_slug }}.redis import create_redis
 from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
 from {{ cookiecutter.project_slug }}.storage import RequestBodyBytes, create_storage
@@ -74,6 +77,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The cache has a Redis client of its own: short timeouts, no retries (fail-open).
     app.state.cache = create_cache(settings, app.state.metrics.registry)
     app.state.purger = create_purger(settings)
+    # Rate limits: a Redis client of their own, short timeouts, a fallback per policy.
+    app.state.rate_limiter = create_rate_limiter(settings, app.state.metrics.registry)
     # The API only publishes jobs; the broker connection opens on the first one.
     celery = create_celery(settings)
     app.state.celery = celery
@@ -119,6 +124,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.storage.close()
         await app.state.purger.aclose()
         await app.state.cache.aclose()
+        if app.state.rate_limiter is not None:
+            await app.state.rate_limiter.aclose()
         celery.close()
         await redis.aclose()
         await engine.dispose()
@@ -134,8 +141,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="{{ cookiecutter.description }}",
         version="0.1.0",
         lifespan=lifespan,
-        # Interactive docs are for people building against the API, not for the internet.
-        docs_url="/docs" if settings.environment.value != "production" else None,
+        # Interactive docs and the schema are for people building against the API, not for the
+        # internet: off in production unless OPENAPI_PUBLIC says otherwise.
+        docs_url="/docs" if settings.openapi_enabled else None,
+        openapi_url="/openapi.json" if settings.openapi_enabled else None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -143,6 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = Drain(settings.drain_seconds)
     app.state.pubsub_metrics = PubSubMetrics(app.state.metrics.registry, lambda: app.state.fanout)
     app.state.dependency_up = dependency_gauge(app.state.metrics.registry)
+    app.state.rate_limit_policies = build_policies(settings)
+    app.state.rate_limiter = None  # the lifespan creates it (unless RATE_LIMIT_ENABLED=false)
 
     install_problem_handlers(app)
     # Postgres unreachable (refused, pool exhausted, connection lost): 503, not 500.
@@ -157,6 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: the request id is bound before the access log and metrics run.
     # Caching headers innermost: they describe the body exactly as the app produced it.
     install_http_cache(app)
+    # RateLimit-Policy / RateLimit on every response a policy counted, 429s included.
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
     app.add_middleware(AccessLogMiddleware)
@@ -165,6 +178,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         header_name="X-Request-ID",
         validator=is_acceptable_request_id,
     )
+    # An allow-list of browser origins (CORS_ALLOW_ORIGINS); none by default. Bearer tokens, no
+    # cookies: credentials are never allowed cross-origin.
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
     # Outermost: every request body byte this process receives (files must not be among them).
     app.add_middleware(RequestBodyBytes, registry=app.state.metrics.registry)
 

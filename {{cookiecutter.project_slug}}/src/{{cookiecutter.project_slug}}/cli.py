@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import math
 import os
+import sys
 
 from {{ cookiecutter.project_slug }}.config import DatabaseSettings, Settings
 
@@ -83,9 +84,14 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _seed(_: argparse.Namespace) -> int:
-    from {{ cookiecutter.project_slug }}.seed import seed_sample_data
+    from {{ cookiecutter.project_slug }}.seed import SeedRefused, SeedSettings, seed_sample_data
 
-    asyncio.run(seed_sample_data(DatabaseSettings().database_url))
+    settings = SeedSettings()
+    try:
+        asyncio.run(seed_sample_data(settings.database_url, environment=settings.environment))
+    except SeedRefused as exc:
+        print(f"seed: {exc}", file=sys.stderr)  # noqa: T201  # a command-line refusal
+        return 2
     return 0
 
 

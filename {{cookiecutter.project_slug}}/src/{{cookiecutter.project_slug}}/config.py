@@ -29,6 +29,8 @@ DEFAULT_BROKER_URL = "{% if cookiecutter.broker == 'rabbitmq' %}amqp://guest:gue
 DEV_SECRET = "dev-only-secret-change-me-before-any-deploy"  # noqa: S105  # refused in production
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", DEV_SECRET})
 MIN_SECRET_LENGTH = 32
+DEV_WEBHOOK_SECRET = "dev-only-webhook-secret"  # noqa: S105  # refused in production
+PLACEHOLDER_WEBHOOK_SECRETS = frozenset({"", "change-me", "changeme", "secret", DEV_WEBHOOK_SECRET})
 
 
 class DatabaseSettings(BaseSettings):
@@ -118,8 +120,13 @@ class Settings(DatabaseSettings):
     keep_alive_timeout: int = Field(default=65, ge=1)
 
     secret_key: SecretStr = SecretStr(DEV_SECRET)
+    # Rotation: the old SECRET_KEY, still accepted (never used to sign) until its tokens expire.
+    secret_key_previous: SecretStr = SecretStr("")
     access_token_ttl_seconds: int = Field(default=3600, ge=60)
     jwt_issuer: str = "{{ cookiecutter.project_slug }}"
+    # The `aud` every token is issued for and checked against: a token minted for another
+    # service sharing the key is refused here.
+    jwt_audience: str = "{{ cookiecutter.project_slug }}-api"
 
     # --- Background jobs (Celery) and the scheduler (beat + RedBeat); see docs/queue.md ---
     celery_broker_url: str = DEFAULT_BROKER_URL
@@ -176,7 +183,7 @@ class Settings(DatabaseSettings):
     # provider implements payments.provider.PaymentProvider.
     payments_provider: Literal["local"] = "local"
     # The HMAC key webhooks are signed with (the provider's "signing secret").
-    payments_webhook_secret: SecretStr = SecretStr("dev-only-webhook-secret")
+    payments_webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     # A webhook whose signed timestamp is further than this from now is refused (replay).
     payments_webhook_tolerance_seconds: int = Field(default=300, ge=1)
     # Where the local signer POSTs; empty: into this app in-process (same routes, same checks).
@@ -233,15 +240,67 @@ class Settings(DatabaseSettings):
     s3_cors_origins: str = "*"
     # Lifecycle rule storage-init sets: S3 aborts multipart uploads left open this many days.
     s3_abort_incomplete_after_days: int = Field(default=1, ge=1)
+    # --- API gateway hardening: the inner ring of rate limits (issue 11) ---
+    # patterns/rate_limit.py, docs/api-gateway.md. Every quota of the app is here, as a
+    # `limits` string ("20/minute", "5/second", "100/hour"), counted in one moving window per
+    # key that every instance shares through Redis. The client address behind the proxies is
+    # the one FORWARDED_ALLOW_IPS lets the server believe; nothing else is trusted.
+    rate_limit_enabled: bool = True
+    # Empty: the Redis at REDIS_URL.
+    rate_limit_redis_url: str = ""
+    rate_limit_key_prefix: str = "{{ cookiecutter.project_slug }}:ratelimit"
+    # Per check; past it (or with Redis down) the policy's fallback decides: authenticated
+    # routes fail open, login and register fall back to a per-instance count.
+    rate_limit_timeout: float = Field(default=0.25, gt=0)
+    # Every authenticated request, per user.
+    rate_limit_user: str = "600/minute"
+    # Login and register, per client address and per account (the email): one address trying
+    # many accounts, and many addresses trying one account, are both stopped.
+    rate_limit_login_ip: str = "20/minute"
+    rate_limit_login_account: str = "10/minute"
+    rate_limit_register_ip: str = "10/minute"
+    rate_limit_register_account: str = "5/minute"
+    # Writes that cost the most, per user.
+    rate_limit_orders: str = "30/minute"
+    rate_limit_uploads: str = "30/minute"
+    # --- fail-closed defaults (issue 11) ---
+    # /openapi.json and /docs: on outside production; in production only if this is true.
+    openapi_public: bool = False
+    # Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    # "https://shop.example.com". Empty: no cross-origin browser access at all. "*" is refused
+    # outside development and test.
+    cors_allow_origins: str = ""
+
+    @field_validator(
+        "rate_limit_user",
+        "rate_limit_login_ip",
+        "rate_limit_login_account",
+        "rate_limit_register_ip",
+        "rate_limit_register_account",
+        "rate_limit_orders",
+        "rate_limit_uploads",
+    )
+    @classmethod
+    def _rate_limit_syntax(cls, value: str, info: ValidationInfo) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            name = (info.field_name or "rate_limit").upper()
+            raise ValueError(
+                f"{name} must be a rate such as '20/minute' or '5 per second', not {value!r}"
+            ) from None
+        return value
 
     @property
     def s3_cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.s3_cors_origins.split(",") if origin.strip()]
 
-    @field_validator("redis_url", "cache_redis_url")
+    @field_validator("redis_url", "cache_redis_url", "rate_limit_redis_url")
     @classmethod
     def _redis_scheme(cls, value: str, info: ValidationInfo) -> str:
-        if info.field_name == "cache_redis_url" and not value:
+        if info.field_name in ("cache_redis_url", "rate_limit_redis_url") and not value:
             return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
             name = (info.field_name or "redis_url").upper()
@@ -280,10 +339,26 @@ class Settings(DatabaseSettings):
                 f"when ENVIRONMENT={self.environment.value}; generate one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
             )
+        previous = self.secret_key_previous.get_secret_value()
+        if previous and (previous in PLACEHOLDER_SECRETS or len(previous) < MIN_SECRET_LENGTH):
+            raise ValueError(
+                f"SECRET_KEY_PREVIOUS must be empty or a real key of at least "
+                f"{MIN_SECRET_LENGTH} characters when ENVIRONMENT={self.environment.value}"
+            )
+        if "*" in self.cors_origin_list:
+            raise ValueError(
+                f"CORS_ALLOW_ORIGINS may not be '*' when ENVIRONMENT={self.environment.value}; "
+                "list the browser origins that may call the API"
+            )
         if "guest:guest@" in self.broker_url:
             raise ValueError(
                 f"CELERY_BROKER_URL uses RabbitMQ's default guest account when "
                 f"ENVIRONMENT={self.environment.value}; create a user of its own for the service"
+            )
+        if self.payments_webhook_secret.get_secret_value() in PLACEHOLDER_WEBHOOK_SECRETS:
+            raise ValueError(
+                "PAYMENTS_WEBHOOK_SECRET still holds the published development value when "
+                f"ENVIRONMENT={self.environment.value}; set the provider's signing secret"
             )
         return self
 
@@ -298,6 +373,18 @@ class Settings(DatabaseSettings):
     @property
     def is_development(self) -> bool:
         return self.environment is Environment.development
+
+    @property
+    def rate_limit_redis(self) -> str:
+        return self.rate_limit_redis_url or self.redis_url
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
+    @property
+    def openapi_enabled(self) -> bool:
+        return self.environment is not Environment.production or self.openapi_public
 
     @property
     def cache_redis(self) -> str:

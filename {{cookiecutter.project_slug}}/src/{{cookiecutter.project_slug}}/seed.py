@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_e
 
 from {{ cookiecutter.project_slug }}.auth.repository import UserRepository
 from {{ cookiecutter.project_slug }}.auth.security import hash_password
+from {{ cookiecutter.project_slug }}.config import DatabaseSettings, Environment
 from {{ cookiecutter.project_slug }}.models import Order, Product, User
 from {{ cookiecutter.project_slug }}.orders import service as orders
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine
@@ -39,8 +40,29 @@ DEMO_ORDERS = [
 
 log = structlog.get_logger(__name__)
 
+# Where the published demo and staff passwords may exist.
+SEEDABLE = frozenset({Environment.development, Environment.test})
 
-async def seed_sample_data(database_url: str) -> None:
+
+class SeedRefused(RuntimeError):
+    pass
+
+
+class SeedSettings(DatabaseSettings):
+    environment: Environment = Environment.development
+
+
+async def seed_sample_data(
+    database_url: str, *, environment: Environment = Environment.development
+) -> None:
+    """Create the demo and staff accounts (their password is published: DEMO_PASSWORD), the
+    demo products and orders. Refused outside development and test, where a published staff
+    password would be a way in."""
+    if environment not in SEEDABLE:
+        raise SeedRefused(
+            f"seed creates accounts with a published password; refused when "
+            f"ENVIRONMENT={environment.value} (allowed: development, test)"
+        )
     engine = create_async_engine(database_url)
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:

@@ -9,6 +9,7 @@ from httpx import AsyncClient
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from {{ cookiecutter.project_slug }}.auth.security import key_id
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.models import User
 
@@ -95,12 +96,15 @@ def forge(settings: Settings, key: str, **overrides: object) -> str:
     claims: dict[str, object] = {
         "sub": str(uuid4()),
         "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
         "typ": "access",
         "iat": now,
         "exp": now + timedelta(minutes=5),
         **overrides,
     }
-    return jwt.encode(claims, key, algorithm="HS256")
+    # The kid of the server's own key: only the signature can tell the forgery apart.
+    kid = key_id(settings.secret_key.get_secret_value())
+    return jwt.encode(claims, key, algorithm="HS256", headers={"kid": kid})
 
 
 async def test_expired_tokens_are_rejected(app_client: AsyncClient, settings: Settings) -> None:
@@ -144,3 +148,25 @@ async def test_tokens_of_deactivated_users_stop_working_at_once(
     await session.commit()
     response = await app_client.get("/users/me", headers=bearer(token))
     assert response.status_code == 401
+
+
+async def test_a_hash_made_with_older_argon2_parameters_is_upgraded_at_login(
+    app_client: AsyncClient, session: AsyncSession
+) -> None:
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    from {{ cookiecutter.project_slug }}.auth.security import _hasher
+
+    await register(app_client, "old@example.com")
+    weaker = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8192),)).hash(PASSWORD)
+    await session.execute(
+        update(User).where(User.email == "old@example.com").values(password_hash=weaker)
+    )
+    await login(app_client, "old@example.com")
+    stored = (
+        await session.execute(User.__table__.select().where(User.email == "old@example.com"))
+    ).one()
+    assert stored.password_hash != weaker
+    assert not _hasher().current_hasher.check_needs_rehash(stored.password_hash)
+    await login(app_client, "old@example.com")  # and the new hash verifies

@@ -144,6 +144,11 @@ def test_the_ingress_goes_through_the_gateway_middlewares(
     shared = gateway_config()["http"]["middlewares"]
     assert middlewares["retry"] == shared["retry"]
     assert middlewares["body-limit"] == shared["body-limit"]
+    # The outer ring keys on the same hop as the gateway's (its rates are template output
+    # there, so only the key is compared).
+    outer = middlewares["rate-limit"]["rateLimit"]
+    assert outer["sourceCriterion"] == shared["rate-limit"]["rateLimit"]["sourceCriterion"]
+    assert outer["period"] == shared["rate-limit"]["rateLimit"]["period"]
     api = find(production, "Ingress", "api")["metadata"]["annotations"]
     assert api["traefik.ingress.kubernetes.io/router.middlewares"].endswith(
         "body-limit@kubernetescrd," + namespace + "-retry@kubernetescrd"

@@ -58,7 +58,9 @@ def free_stack_ports(instances: int) -> dict[str, str]:
     raise RuntimeError("no free block of ports for a stack")
 
 
-async def start_stack(slot: dict[str, str], worker_id: str) -> tuple[LocalStack, str]:
+async def start_stack(
+    slot: dict[str, str], worker_id: str, extra_env: dict[str, str] | None = None
+) -> tuple[LocalStack, str]:
     global _stacks_started
     _stacks_started += 1
     database = run_database_name(f"stack{_stacks_started}", worker_id)
@@ -76,6 +78,12 @@ async def start_stack(slot: dict[str, str], worker_id: str) -> tuple[LocalStack,
         # through the gateway, not dozens of connections per instance.
         "DB_POOL_SIZE": "5",
         "DB_MAX_OVERFLOW": "3",
+        # The load proofs run closed loops from one address at full speed: the gateway's
+        # per-address limit (the outer ring) would be what they measured. The rate-limit
+        # proofs (test_rate_limits.py) start a stack with it in place.
+        "GATEWAY_RATE_AVERAGE": "1000000",
+        "GATEWAY_RATE_BURST": "1000000",
+        **(extra_env or {}),
     }
     stack = LocalStack.start(PROJECT_DIR, env, instances=INSTANCES)
     return stack, database

@@ -1,25 +1,37 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from {{ cookiecutter.project_slug }}.auth import service
 from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
 from {{ cookiecutter.project_slug }}.auth.schemas import AccessToken, Login, Registration, UserRead
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
+from {{ cookiecutter.project_slug }}.patterns.rate_limit import enforce
 from {{ cookiecutter.project_slug }}.postgres import DbSession
+from {{ cookiecutter.project_slug }}.rate_limits import account_key, client_address, policies
 
 router = APIRouter(tags=["auth"])
 
 
 @router.post("/auth/register", status_code=status.HTTP_201_CREATED)
-async def register(body: Registration, session: DbSession) -> UserRead:
+async def register(body: Registration, request: Request, session: DbSession) -> UserRead:
+    # Per address first (one client creating accounts), then per account (many addresses
+    # hammering one email); both before the Argon2 hash.
+    await enforce(request, policies(request).register_ip, client_address(request))
+    await enforce(request, policies(request).register_account, account_key(body.email))
     user = await service.register(session, body.email, body.password)
     return UserRead.model_validate(user)
 
 
 @router.post("/auth/login")
-async def login(body: Login, session: DbSession, settings: SettingsDep) -> AccessToken:
+async def login(
+    body: Login, request: Request, session: DbSession, settings: SettingsDep
+) -> AccessToken:
+    # One address against many accounts, and many addresses against one account: both are
+    # stopped before the password hash runs.
+    await enforce(request, policies(request).login_ip, client_address(request))
+    await enforce(request, policies(request).login_account, account_key(body.email))
     user = await service.authenticate(session, body.email, body.password)
     token, expires_in = create_access_token(user.id, settings)
     return AccessToken(access_token=token, expires_in=expires_in)

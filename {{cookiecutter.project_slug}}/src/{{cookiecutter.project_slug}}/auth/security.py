@@ -2,11 +2,17 @@
 
 Tokens are self-contained, so any API instance can verify any token without shared session
 state: this is what makes the API horizontally scalable behind a load balancer.
+
+Each token names its signing key in the ``kid`` header (a fingerprint, never the key) and is
+issued for one audience (``aud``, JWT_AUDIENCE). Rotation: set SECRET_KEY to the new key and
+SECRET_KEY_PREVIOUS to the old one; tokens signed with either verify until the old ones
+expire (ACCESS_TOKEN_TTL_SECONDS), then drop SECRET_KEY_PREVIOUS.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -38,6 +44,18 @@ async def hash_password(password: str) -> str:
     return await to_thread.run_sync(_hasher().hash, password)
 
 
+async def verify_and_update_password(
+    password: str, password_hash: str | None
+) -> tuple[bool, str | None]:
+    """Verify, and when the hash was made with other Argon2 parameters than today's, return a
+    new hash of the same password to store (it can only be made now, with the password)."""
+    if password_hash is None:
+        await verify_password(password, None)
+        return False, None
+    valid, updated = await to_thread.run_sync(_hasher().verify_and_update, password, password_hash)
+    return valid, updated if valid else None
+
+
 async def verify_password(password: str, password_hash: str | None) -> bool:
     # With no user, still spend the same time on a dummy hash: the response time must not
     # reveal which emails are registered.
@@ -46,29 +64,53 @@ async def verify_password(password: str, password_hash: str | None) -> bool:
     return matches and password_hash is not None
 
 
+def key_id(secret: str) -> str:
+    """The public name of a signing key: a truncated SHA-256 of it (a key of 32+ random
+    characters cannot be recovered from it)."""
+    return hashlib.sha256(b"ninefold-kid:" + secret.encode()).hexdigest()[:16]
+
+
+def verification_keys(settings: Settings) -> dict[str, str]:
+    """Every key a token may be signed with, by ``kid``: the current one, and the previous one
+    during a rotation."""
+    keys = [settings.secret_key.get_secret_value()]
+    previous = settings.secret_key_previous.get_secret_value()
+    if previous:
+        keys.append(previous)
+    return {key_id(key): key for key in keys}
+
+
 def create_access_token(user_id: UUID, settings: Settings) -> tuple[str, int]:
     now = datetime.now(UTC)
     ttl = settings.access_token_ttl_seconds
     claims = {
         "sub": str(user_id),
         "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
         "typ": TOKEN_TYPE,
         "iat": now,
         "exp": now + timedelta(seconds=ttl),
     }
-    token = jwt.encode(claims, settings.secret_key.get_secret_value(), algorithm=ALGORITHM)
+    key = settings.secret_key.get_secret_value()
+    token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": key_id(key)})
     return token, ttl
 
 
 def decode_access_token(token: str, settings: Settings) -> UUID:
     try:
+        # The header only names the key; the signature check below is what trusts it.
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = verification_keys(settings).get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise jwt.InvalidTokenError("unknown key id")
         claims = jwt.decode(
             token,
-            settings.secret_key.get_secret_value(),
+            key,
             # Pin the algorithm: never let the token pick it ("alg": "none" attacks).
             algorithms=[ALGORITHM],
             issuer=settings.jwt_issuer,
-            options={"require": ["exp", "iat", "sub", "iss"]},
+            audience=settings.jwt_audience,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
         )
     except jwt.ExpiredSignatureError as exc:
         raise NotAuthenticated("The access token has expired; log in again.") from exc

@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
-from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
+from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, user_rate_limit
 from {{ cookiecutter.project_slug }}.caching import AppCache
 from {{ cookiecutter.project_slug }}.orders import service
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderRead, OrderSummary
@@ -36,6 +36,7 @@ IdempotencyKey = Annotated[
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(user_rate_limit(lambda limits: limits.orders))],
     responses={
         409: {"description": "Not enough stock; nothing was written."},
         422: {"description": "Unknown product, or Idempotency-Key reused with another body."},

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 
-from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
+from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, user_rate_limit
 from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
 from {{ cookiecutter.project_slug }}.models import Upload, UploadStatus
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
@@ -34,7 +34,11 @@ def upload_read(upload: Upload, storage: ObjectStorage, ttl: int) -> UploadRead:
     return read
 
 
-@router.post("/uploads", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/uploads",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(user_rate_limit(lambda limits: limits.uploads))],
+)
 async def create_upload(
     body: UploadCreate,
     session: DbSession,
