@@ -300,9 +300,10 @@ class StackManager(Manager):  # type: ignore[misc]  # honcho ships no type hints
         while True:
             with contextlib.suppress(queue.Empty):
                 self._handle(self.events.get(timeout=0.1))
+            started = self._all_started()  # announces the start once, as honcho does
             if self._terminating:
                 self._restart_at.clear()
-                if self._all_started() and self._all_stopped():
+                if started and self._all_stopped():
                     break
                 self.kill()  # only once grace_seconds have passed
             else:
