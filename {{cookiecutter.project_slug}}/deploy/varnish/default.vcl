@@ -20,6 +20,7 @@ vcl 4.1;
 # through vcl_path: compose mounts this directory with the backend.vcl next to this file, and
 # `make dev` puts a rendered one first in vcl_path. xkey ships in varnish-modules (Debian's
 # `varnish-modules` package; the official varnish image includes it).
+import std;
 import xkey;
 
 include "backend.vcl";
@@ -62,6 +63,15 @@ sub vcl_recv {
 
     # Upgrades (WebSocket) are piped through untouched.
     if (req.http.Upgrade ~ "(?i)websocket") {
+        return (pipe);
+    }
+    # A body over the gateway's limit (1 MiB, deploy/traefik) is piped: the gateway refuses it
+    # with a 413 problem+json after reading the first MiB and closes the connection, which a
+    # pass (a backend fetch still sending the body) turns into a 503 HTML page of Varnish's.
+    # Piped, the gateway's answer reaches the client byte for byte. Chunked bodies have no
+    # length to check, so they are piped too.
+    if (std.integer(req.http.Content-Length, 0) > 1048576
+            || (req.http.Transfer-Encoding && !req.http.Content-Length)) {
         return (pipe);
     }
     if (req.method != "GET" && req.method != "HEAD") {
