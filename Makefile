@@ -21,11 +21,22 @@ $(CURDIR)/.tools/bin/uv:
 	$(UV) sync --quiet
 	@touch $@
 
-bake: .venv/.synced ## Bake the default project into build/ninefold_shop (replacing an older bake)
+bake: .venv/.synced ## Bake the default project into build/ninefold_shop (replacing an older bake and its local data)
+	@if [ -f $(DEMO_DIR)/.devstack/stack.json ]; then \
+		echo "bake: stopping the stack $(DEMO_DIR)/.devstack/stack.json names before replacing the bake"; \
+		$(MAKE) -C $(DEMO_DIR) stop || { echo "bake: could not stop it; nothing was deleted"; exit 1; }; \
+	fi
 	rm -rf $(DEMO_DIR)
 	$(UV) run cookiecutter --no-input --output-dir $(BUILD_DIR) .
 
-demo: bake ## Bake the default project and run it: migrations, sample data, the service
+# The demo runs the existing bake, keeping the data its local stack created (.devstack); a
+# fresh bake only on request: `make bake demo`, or `make demo REBAKE=1`.
+demo: .venv/.synced ## Run the demo bake (baked once; `make demo REBAKE=1` re-bakes): migrations, sample data, the service
+	@if [ -n "$(REBAKE)" ] || [ ! -f $(DEMO_DIR)/Makefile ]; then \
+		$(MAKE) bake; \
+	else \
+		echo "demo: running the existing bake in $(DEMO_DIR) (\`make demo REBAKE=1\` re-bakes it)"; \
+	fi
 	$(MAKE) -C $(DEMO_DIR) dev
 
 test: .venv/.synced ## Test the template: hooks, every option combination, baked suites on real servers

@@ -20,6 +20,7 @@ vcl 4.1;
 # through vcl_path: compose mounts this directory with the backend.vcl next to this file, and
 # `make dev` puts a rendered one first in vcl_path. xkey ships in varnish-modules (Debian's
 # `varnish-modules` package; the official varnish image includes it).
+import std;
 import xkey;
 
 include "backend.vcl";
@@ -64,6 +65,17 @@ sub vcl_recv {
     if (req.http.Upgrade ~ "(?i)websocket") {
         return (pipe);
     }
+    # A body over the gateway's limit (1 MiB, maxRequestBodyBytes in deploy/traefik): refused
+    # here, unread, with the same 413 problem+json the gateway gives. Passed on, the gateway
+    # refused it after the first MiB and closed the connection, which Varnish turned into its
+    # own 503 HTML page ("Backend fetch failed"). Chunked bodies have no length to check: they
+    # are piped, so the gateway's answer reaches the client byte for byte.
+    if (std.integer(req.http.Content-Length, 0) > 1048576) {
+        return (synth(413, "Request Entity Too Large"));
+    }
+    if (req.http.Transfer-Encoding && !req.http.Content-Length) {
+        return (pipe);
+    }
     if (req.method != "GET" && req.method != "HEAD") {
         return (pass);
     }
@@ -80,6 +92,14 @@ sub vcl_recv {
 }
 
 sub vcl_synth {
+    if (resp.status == 413) {
+        # The body was never read: close rather than read it to keep the connection.
+        set resp.http.Connection = "close";
+        set resp.http.Content-Type = "application/problem+json";
+        set resp.http.Cache-Control = "private, no-store";
+        set resp.body = {"{"type":"about:blank","title":"Request Entity Too Large","status":413,"detail":"The request body is larger than the gateway accepts (1 MiB). JSON bodies are small; files go to object storage with a presigned upload (POST /uploads)." }"};
+        return (deliver);
+    }
     if (req.method == "PURGE" && req.http.X-Purged) {
         # How many objects went, for the purge client's log.
         set resp.http.X-Purged = req.http.X-Purged;

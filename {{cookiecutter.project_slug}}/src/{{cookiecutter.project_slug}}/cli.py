@@ -1,4 +1,4 @@
-"""Command line: ``{{ cookiecutter.project_slug }} serve | migrate | seed | dev | worker | beat | healthcheck``.
+"""Command line: ``{{ cookiecutter.project_slug }} serve | migrate | seed | dev | stop | worker | beat``, ...
 
 The container image runs this as its entrypoint, so one image serves every role: ``api`` (an
 alias of ``serve``), ``worker``, ``beat`` and ``migrate``; ``healthcheck`` is what its
@@ -109,6 +109,17 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(instances=args.instances, seed=args.seed)
 
 
+def _stop(_: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from {{ cookiecutter.project_slug }}.devstack.lifetime import stop_stack
+    from {{ cookiecutter.project_slug }}.devstack.topology import STATE_FILE, StackSettings
+
+    state_dir = (Path.cwd() / StackSettings().devstack_dir).resolve()
+    sys.stdout.write(stop_stack(state_dir / STATE_FILE) + "\n")
+    return 0
+
+
 def _healthcheck(args: argparse.Namespace) -> int:
     from {{ cookiecutter.project_slug }}.worker.heartbeat import heartbeat_is_fresh
 
@@ -164,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     dev.add_argument("--no-seed", dest="seed", action="store_false", help="skip sample data")
     dev.set_defaults(handler=_dev)
+    commands.add_parser(
+        "stop", help="stop the local stack its PID file names (running, or left by a kill -9)"
+    ).set_defaults(handler=_stop)
 
     check = commands.add_parser("healthcheck", help="exit 0 when this container's role is healthy")
     check.add_argument(

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -127,41 +129,86 @@ def test_the_procfile_runs_every_piece_of_the_topology() -> None:
 
 MANAGER_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from {{ cookiecutter.project_slug }}.devstack.topology import StackManager
 
     def announce(manager):
+        if os.environ.get("STACK_READY"):
+            manager.mark_ready()
         print(json.dumps(manager.pids()), flush=True)
 
-    manager = StackManager(grace_seconds=5, on_all_started=announce)
+    manager = StackManager(
+        grace_seconds=5, on_all_started=announce, on_started=announce, max_backoff=2
+    )
     for name in ("api.1", "api.2", "gateway.1"):
-        manager.add_process(name, "exec sleep 60")
+        manager.add_process(name, "exec sleep 600")
     manager.loop()
-    sys.exit(0)
+    sys.exit(manager.returncode or 0)
     """
 )
 
 
+class Managed:
+    """A StackManager in a child process running three `sleep`s; its output read as it comes."""
+
+    def __init__(self, directory: Path, *, ready: bool) -> None:
+        script = directory / "manager.py"
+        script.write_text(MANAGER_SCRIPT)
+        env = {**os.environ, "STACK_READY": "1" if ready else ""}
+        self.process = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.every_pid: set[int] = set()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.pids = self.next_pids(lambda pids: len(pids) == 3)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def next_pids(
+        self, wanted: Callable[[dict[str, int]], bool], timeout: float = 20
+    ) -> dict[str, int]:
+        """The PIDs the manager announces next that satisfy ``wanted`` (polled, with a deadline)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.output.append(line)
+            if line.startswith("{"):
+                pids: dict[str, int] = json.loads(line)
+                if wanted(pids):
+                    self.every_pid |= set(pids.values())
+                    return pids
+        raise AssertionError(f"no such PIDs announced in {timeout}s:\n{''.join(self.output)}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(15)
+        for pid in self.every_pid:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture
-def managed(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    script = tmp_path / "manager.py"
-    script.write_text(MANAGER_SCRIPT)
-    process = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
-    )
-    assert process.stdout is not None
-    pids: dict[str, int] = {}
-    for line in process.stdout:
-        if line.startswith("{"):
-            pids = json.loads(line)
-            break
-    yield process, pids
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(10)
-    for pid in pids.values():
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+def managed(tmp_path: Path) -> Iterator[Managed]:
+    manager = Managed(tmp_path, ready=True)
+    yield manager
+    manager.stop()
+
+
+@pytest.fixture
+def launching(tmp_path: Path) -> Iterator[Managed]:
+    """A stack that never becomes ready: its processes are still launching."""
+    manager = Managed(tmp_path, ready=False)
+    yield manager
+    manager.stop()
 
 
 def wait_dead(pid: int, timeout: float = 10) -> bool:
@@ -171,44 +218,60 @@ def wait_dead(pid: int, timeout: float = 10) -> bool:
     return not pid_alive(pid)
 
 
-def test_a_dead_api_instance_does_not_stop_the_stack(
-    managed: tuple[subprocess.Popen[str], dict[str, int]],
+def test_a_crashed_process_is_restarted_with_backoff_while_the_rest_runs(
+    managed: Managed,
 ) -> None:
-    process, pids = managed
-    os.kill(pids["api.1"], signal.SIGKILL)
-    assert wait_dead(pids["api.1"])
-    time.sleep(1)  # plain honcho would be tearing everything down by now
-    assert process.poll() is None
-    assert pid_alive(pids["api.2"])
-    assert pid_alive(pids["gateway.1"])
+    first = managed.pids
+    os.kill(first["gateway.1"], signal.SIGKILL)
+    second = managed.next_pids(lambda pids: pids["gateway.1"] != first["gateway.1"])
+    assert pid_alive(second["gateway.1"])
+    # Nothing else was touched: same PIDs, still running, the manager too.
+    assert {n: p for n, p in second.items() if n != "gateway.1"} == {
+        n: p for n, p in first.items() if n != "gateway.1"
+    }
+    assert all(pid_alive(pid) for pid in second.values())
+    assert managed.process.poll() is None
+
+    # A crash loop backs off: 1 s, then 2 s (the cap here), as Kubernetes would.
+    os.kill(second["gateway.1"], signal.SIGKILL)
+    third = managed.next_pids(lambda pids: pids["gateway.1"] != second["gateway.1"])
+    assert pid_alive(third["gateway.1"])
+    log = "".join(managed.output)
+    assert "gateway.1 restarts in 1s" in log
+    assert "gateway.1 restarts in 2s" in log
 
 
-def test_anything_else_dying_stops_everything(
-    managed: tuple[subprocess.Popen[str], dict[str, int]],
+def test_every_kind_of_process_is_restarted_api_instances_too(managed: Managed) -> None:
+    first = managed.pids
+    os.kill(first["api.1"], signal.SIGKILL)
+    os.kill(first["api.2"], signal.SIGKILL)
+    back = managed.next_pids(
+        lambda pids: pids["api.1"] != first["api.1"] and pids["api.2"] != first["api.2"]
+    )
+    assert pid_alive(back["api.1"])
+    assert pid_alive(back["api.2"])
+    assert managed.process.poll() is None
+
+
+def test_a_process_exiting_before_the_stack_is_ready_stops_the_launch(
+    launching: Managed,
 ) -> None:
-    process, pids = managed
-    os.kill(pids["gateway.1"], signal.SIGKILL)
-    process.wait(15)
-    assert all(wait_dead(pid) for pid in pids.values())
+    os.kill(launching.pids["gateway.1"], signal.SIGKILL)
+    assert launching.process.wait(15) != 0
+    assert all(wait_dead(pid) for pid in launching.pids.values())
 
 
-def test_the_last_api_instance_dying_stops_everything(
-    managed: tuple[subprocess.Popen[str], dict[str, int]],
-) -> None:
-    process, pids = managed
-    os.kill(pids["api.1"], signal.SIGKILL)
-    os.kill(pids["api.2"], signal.SIGKILL)
-    process.wait(15)
-    assert wait_dead(pids["gateway.1"])
+def test_sigterm_stops_every_process(managed: Managed) -> None:
+    managed.process.send_signal(signal.SIGTERM)
+    managed.process.wait(15)
+    assert all(wait_dead(pid) for pid in managed.pids.values())
 
 
-def test_sigterm_stops_every_process(
-    managed: tuple[subprocess.Popen[str], dict[str, int]],
-) -> None:
-    process, pids = managed
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
-    assert all(wait_dead(pid) for pid in pids.values())
+def test_kill_9_of_the_manager_takes_every_child_with_it(managed: Managed) -> None:
+    managed.process.kill()  # SIGKILL: no handler runs, only the kernel's PR_SET_PDEATHSIG
+    managed.process.wait(15)
+    survivors = [pid for pid in managed.pids.values() if not wait_dead(pid)]
+    assert survivors == []
 
 
 def test_the_launcher_refuses_a_busy_port_and_names_the_setting(tmp_path: Path) -> None:

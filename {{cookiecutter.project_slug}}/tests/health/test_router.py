@@ -122,3 +122,15 @@ async def test_readyz_does_not_hang_on_a_blackholed_dependency(
     checks = body["checks"]
     assert isinstance(checks, dict)
     assert checks["redis"]["error"] == "timed out after 0.3s"
+
+
+async def test_the_gateway_error_page_is_a_problem_hidden_from_the_contract(
+    app_client: AsyncClient,
+) -> None:
+    response = await app_client.get("/_gateway/errors/413")
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "1 MiB" in response.json()["detail"]
+    assert (await app_client.get("/_gateway/errors/500")).status_code == 404
+    schema = (await app_client.get("/openapi.json")).json()
+    assert not [path for path in schema["paths"] if path.startswith("/_gateway")]

@@ -7,6 +7,7 @@ the fixture fails the test if any process the stack started is still alive after
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import pytest
 from {{ cookiecutter.project_slug }}.devstack.topology import (
     LocalStack,
     StackSettings,
+    gateway_servers_up,
     pid_alive,
     ports_in_use,
 )
@@ -137,6 +139,22 @@ async def fresh_stack(restart_slot: dict[str, str], worker_id: str) -> AsyncIter
     yield running
     assert_nothing_left_running(running)
     await drop_database(database)
+
+
+async def restarted(stack: LocalStack, name: str, old_pid: int, within: float = 90.0) -> int:
+    """Poll until the launcher has started ``name`` again; return its new PID.
+
+    For an API instance, also until the gateway's load balancer counts it up again.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pid = stack.refresh()["pids"].get(name)
+        if pid and pid != old_pid and pid_alive(pid):
+            url = stack.urls.get(name)
+            if url is None or gateway_servers_up(port_of(stack.urls["gateway_ops"])).get(url):
+                return int(pid)
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{name} was not back within {within}s:\n{stack.log()[-3000:]}")
 
 
 def port_of(url: str) -> int:

@@ -9,8 +9,13 @@ Order matters, and is the one production uses:
 4. render the deploy/ configs for local addresses and run the Procfile under honcho
    (:mod:`topology`): N API instances behind Traefik, Varnish in front, SeaweedFS, worker, beat.
 
+Before step 1, a PID file (``DEVSTACK_DIR/stack.json``) left by an earlier launch is read: a
+launcher still running there is refused with a sentence saying how to stop it; what a dead one
+left (a ``kill -9``, a crash) is stopped by PID before anything starts (:mod:`lifetime`).
+
 Ctrl-C or SIGTERM stops every process honcho started and then every server this launcher
-started, so nothing is left running and a second ``make dev`` starts cleanly.
+started, so nothing is left running and a second ``make dev`` starts cleanly. A ``kill -9``
+of the launcher takes its processes with it; the next launch stops the throwaway Postgres.
 """
 
 from __future__ import annotations
@@ -18,19 +23,23 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.servers import provide_services
+from {{ cookiecutter.project_slug }}.devstack.lifetime import Owned, StackRunning, clear_stale_stack
+from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, provide_services
 from {{ cookiecutter.project_slug }}.devstack.topology import (
     LOCAL_DRAIN_SECONDS,
+    STATE_FILE,
     StackSettings,
     Topology,
     missing_binaries,
     ports_in_use,
     render_configs,
+    write_state_file,
 )
 from {{ cookiecutter.project_slug }}.logging import configure_logging
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
@@ -70,6 +79,19 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
             file=sys.stderr,
         )
         return 1
+    state_dir = (project_dir / stack.devstack_dir).resolve()
+    state_file = state_dir / STATE_FILE
+    try:
+        stopped = clear_stale_stack(state_file)
+    except StackRunning as running:
+        print(f"Cannot start the stack: {running}", file=sys.stderr)
+        return 1
+    if stopped:
+        print(
+            f"Stopped what an earlier launch left running ({', '.join(stopped)}), "
+            f"as {state_file} recorded.",
+            flush=True,
+        )
     edge = shutil.which("varnishd", path=environ["PATH"]) is not None
     if not edge:
         print(VARNISH_HINT, flush=True)
@@ -83,9 +105,15 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         )
         return 1
 
-    state_dir = (project_dir / stack.devstack_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    urls, started = provide_services(state_dir, environ)
+    # The PID file exists before anything is started, and names each server as it starts.
+    write_state_file(state_file, launcher=os.getpid(), pids={}, servers=[])
+    servers: list[Owned] = []
+    urls, started = provide_services(
+        state_dir,
+        environ,
+        on_start=lambda server: record_server(state_file, servers, server),
+    )
     try:
         env = {**environ, **urls, **render_configs(stack, project_dir, state_dir, edge=edge)}
         env.setdefault("ENVIRONMENT", "development")
@@ -102,7 +130,19 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         upgrade_to_head(env["DATABASE_URL"])
         if seed:
             asyncio.run(seed_sample_data(env["DATABASE_URL"]))
-        return Topology(stack, project_dir, env, edge=edge, started_at=launched).run()
+        topology = Topology(
+            stack, project_dir, env, edge=edge, started_at=launched, servers=servers
+        )
+        return topology.run()
     finally:
         for server in reversed(started):
             server.stop()
+        state_file.unlink(missing_ok=True)  # last: everything it names is stopped
+
+
+def record_server(state_file: Path, servers: list[Owned], server: RunningServer) -> None:
+    if server.pid is None:  # a container: testcontainers' reaper owns it
+        return
+    stop_signal = signal.SIGINT if server.name == "postgres" else signal.SIGTERM  # fast shutdown
+    servers.append(Owned.now(server.name, server.pid, int(stop_signal)))
+    write_state_file(state_file, launcher=os.getpid(), pids={}, servers=servers)

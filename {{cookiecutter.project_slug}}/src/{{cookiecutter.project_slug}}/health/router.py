@@ -1,4 +1,7 @@
-"""Liveness and readiness probes.
+"""Liveness and readiness probes, and the bodies of the gateway's own refusals.
+
+``/_gateway/errors/{status}`` is the body the gateway sends for a refusal of its own (a body
+over its limit: 413), so clients get problem+json there too.
 
 ``/healthz`` answers from the process alone (no I/O): a restart would not fix a database
 outage, so liveness must not depend on one. ``/readyz`` answers 503, naming what failed, only
@@ -70,3 +73,22 @@ async def readyz(request: Request) -> dict[str, Any] | Response:
     if degraded:
         return {"status": "degraded", "degraded": degraded, "checks": checks}
     return {"status": "ready", "checks": checks}
+
+
+# The gateway's own refusals, as problems (deploy/traefik/dynamic/gateway.yml, `gateway-errors`):
+# Traefik answers them before any instance is involved, as text/plain; its errors middleware
+# fetches the body from here instead and sends it with the original status.
+GATEWAY_ERRORS = {
+    413: (
+        "The request body is larger than the gateway accepts (1 MiB). JSON bodies are small; "
+        "files go to object storage with a presigned upload (POST /uploads)."
+    ),
+}
+
+
+@router.get("/_gateway/errors/{status}", include_in_schema=False)
+async def gateway_error(status: int) -> Response:
+    """The problem body for a refusal the gateway made itself (never the API's own errors)."""
+    if status not in GATEWAY_ERRORS:
+        return problem_response(404, detail=f"No gateway error page for status {status}")
+    return problem_response(status, detail=GATEWAY_ERRORS[status])
