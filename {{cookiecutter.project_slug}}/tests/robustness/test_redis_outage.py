@@ -4,7 +4,9 @@ A throwaway Redis (AOF on, as production should run it) is the broker, RedBeat's
 event streams of a real beat, a real worker, an outbox relay and a stream consumer. It is
 killed with SIGKILL while they run, events are committed during the outage, and it comes back
 on the same port: every process is still alive, beat sends again, the worker runs what beat
-sent, and every event committed before or during the outage is handled once.
+sent, and every event committed before or during the outage is handled once. An order placed
+during the outage (its confirmation job cannot be published) is confirmed after it, once,
+through its ``order.placed`` outbox event and the ``confirmation`` consumer group.
 """
 
 from __future__ import annotations
@@ -24,10 +26,20 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
+from {{ cookiecutter.project_slug }}.models import User
+from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine
+from {{ cookiecutter.project_slug }}.orders.service import place_order
 from {{ cookiecutter.project_slug }}.patterns import outbox
+from {{ cookiecutter.project_slug }}.patterns.after_commit import (
+    celery_publisher,
+    finish_commit,
+    jobs_for,
+)
 from {{ cookiecutter.project_slug }}.patterns.consumer import Consumer
 from {{ cookiecutter.project_slug }}.patterns.outbox import Event, Relay
-from tests.worker.helpers import eventually, finished
+from {{ cookiecutter.project_slug }}.pubsub.handlers import confirm_placed_order
+from tests.factories import make_product, make_user
+from tests.worker.helpers import eventually, finished, scalar
 from tests.worker_harness import JobStack, requested_brokers, require_broker
 
 pytestmark = pytest.mark.load
@@ -166,8 +178,26 @@ async def test_beat_worker_relay_and_consumer_ride_out_a_redis_kill(
         dead_letter,
         block_ms=100,
     )
+    confirmations = Consumer(
+        redis,
+        async_sessionmaker(jobs_engine, expire_on_commit=False),
+        f"{prefix}order",
+        "confirmation",
+        "c1",
+        confirm_placed_order,
+        dead_letter,
+        block_ms=100,
+    )
+    async with AsyncSession(jobs_engine, expire_on_commit=False) as session:
+        buyer = await make_user(session, outage_stack.settings())
+        product = await make_product(session, price_cents=300, stock=5)
+        await session.commit()
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(consumer.run(stop))]
+    tasks = [
+        asyncio.create_task(relay.run(stop)),
+        asyncio.create_task(consumer.run(stop)),
+        asyncio.create_task(confirmations.run(stop)),
+    ]
     try:
         await commit_events(jobs_engine, tag, range(10))
 
@@ -180,6 +210,22 @@ async def test_beat_worker_relay_and_consumer_ride_out_a_redis_kill(
         outage_started = time.monotonic()
         # Committed while Redis is gone: they wait in the outbox.
         await commit_events(jobs_engine, tag, range(10, 20))
+        # An order, as the request places it: its job's publish fails (the broker is down
+        # when it is this Redis), the order commits.
+        async with AsyncSession(jobs_engine, expire_on_commit=False) as session:
+            user = await session.get(User, buyer.id)
+            assert user is not None
+            jobs = jobs_for(session, celery_publisher(outage_stack.celery))
+            placed = await place_order(
+                session,
+                jobs,
+                user,
+                OrderCreate(items=[OrderLine(product_id=product.id, quantity=1)]),
+                None,
+            )
+            order_id = str(placed.order.id)
+            await session.commit()
+            await finish_commit(session)
 
         async def beat_noticed() -> bool:
             return logged(beat.events(), "beat.redis_unavailable") >= 2
@@ -190,7 +236,12 @@ async def test_beat_worker_relay_and_consumer_ride_out_a_redis_kill(
         outage = time.monotonic() - outage_started
 
         async def resumed() -> bool:
-            return len(finished([worker], EXPIRE)) > ran_before and len(seen) >= 20
+            confirmed = await scalar(
+                jobs_engine,
+                "SELECT count(*) FROM notifications WHERE idempotency_key = :k",
+                k=f"order-confirmation:{order_id}",
+            )
+            return len(finished([worker], EXPIRE)) > ran_before and len(seen) >= 20 and confirmed
 
         recovery = await eventually(resumed, within=90, what="the processes resuming")
     finally:
@@ -203,4 +254,10 @@ async def test_beat_worker_relay_and_consumer_ride_out_a_redis_kill(
     assert not [t for t in tasks if t.exception() is not None]
     assert sorted(seen) == list(range(20))  # each once, none lost
     assert logged(beat.events(), "beat.redis_recovered") >= 1
+    sent = await scalar(
+        jobs_engine,
+        "SELECT count(*) FROM notifications WHERE idempotency_key = :k",
+        k=f"order-confirmation:{order_id}",
+    )
+    assert sent == 1  # once, however many senders tried
     print(f"redis outage {outage:.1f}s; jobs and events resumed {recovery:.1f}s after restart")  # noqa: T201

@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
 
 import structlog
 from sqlalchemy import func, select, update
 
-from {{ cookiecutter.project_slug }}.exceptions import NotFound
 from {{ cookiecutter.project_slug }}.models import (
-    IdempotencyKey,
     Inventory,
     Order,
     OrderItem,
     OrderStatus,
-    User,
 )
-from {{ cookiecutter.project_slug }}.notifications.notifier import Message
+from {{ cookiecutter.project_slug }}.orders.confirmation import SEND_CONFIRMATION, confirm_order
 from {{ cookiecutter.project_slug }}.orders.repository import pending_oldest_first
 from {{ cookiecutter.project_slug }}.patterns import outbox
-from {{ cookiecutter.project_slug }}.patterns.idempotency import claim
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
 from {{ cookiecutter.project_slug }}.products.service import invalidate_products
 from {{ cookiecutter.project_slug }}.pubsub.events import ORDER_EXPIRED, order_event, stock_changed
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 
 log = structlog.get_logger(__name__)
-
-SEND_CONFIRMATION = "orders.send_confirmation"
 
 
 @job(SEND_CONFIRMATION)
@@ -38,39 +31,10 @@ async def send_order_confirmation(ctx: WorkerContext, *, order_id: str) -> str:
     Enqueued after the order's transaction commits, so the order is always there; a missing
     order is a bug (not a transient error) and goes to the dead letters.
     """
-    key = f"order-confirmation:{order_id}"
     async with ctx.transaction() as session:
-        row = (
-            await session.execute(
-                select(Order.total_cents, Order.created_at, User.email)
-                .join(User, User.id == Order.user_id)
-                .where(Order.id == UUID(order_id))
-            )
-        ).one_or_none()
-        if row is None:
-            raise NotFound(f"order {order_id} does not exist")
-        items = (
-            await session.execute(
-                select(func.count(), func.sum(OrderItem.quantity)).where(
-                    OrderItem.order_id == UUID(order_id)
-                )
-            )
-        ).one()
-        if not await claim(session, IdempotencyKey, key, task_name=SEND_CONFIRMATION):
-            return "duplicate"
-        await ctx.notifier.send(
-            session,
-            Message(
-                recipient=row.email,
-                subject=f"Order {order_id} confirmed",
-                body=(
-                    f"Thank you for your order of {items[1]} item(s) in {items[0]} line(s), "
-                    f"total {row.total_cents / 100:.2f}. It was placed at {row.created_at:%c} UTC "
-                    "and is awaiting payment."
-                ),
-                idempotency_key=key,
-            ),
-        )
+        outcome = await confirm_order(session, ctx.notifier, order_id)
+    if outcome == "duplicate":
+        return outcome
     log.info("order.confirmation_sent", order_id=order_id)
     return "sent"
 
