@@ -256,16 +256,23 @@ async def test_every_group_handles_every_event_once_in_order_through_sigkills(
 
     # Exactly once per group: one inbox row per event (the primary key forbids a second), no
     # event without one, none left pending in Redis, nothing dead-lettered.
-    missing = await _count(
-        committed_engine,
-        "SELECT count(*) FROM outbox o LEFT JOIN inbox i ON i.event_id = o.event_id"
-        " AND i.consumer_group = CASE o.aggregate_type WHEN 'order' THEN 'revenue' ELSE 'cache' END"
-        " WHERE i.event_id IS NULL",
-    )
-    assert missing == 0
+    # Order events have two groups (revenue, confirmation), product events one (cache).
+    for group, aggregate_type in (
+        ("revenue", "order"),
+        ("confirmation", "order"),
+        ("cache", "product"),
+    ):
+        missing = await _count(
+            committed_engine,
+            "SELECT count(*) FROM outbox o LEFT JOIN inbox i ON i.event_id = o.event_id"
+            " AND i.consumer_group = :g WHERE o.aggregate_type = :t AND i.event_id IS NULL",
+            g=group,
+            t=aggregate_type,
+        )
+        assert missing == 0, group
     assert (
         await _count(committed_engine, "SELECT count(*) FROM inbox")
-        == order_events + product_events
+        == 2 * order_events + product_events
     )
     assert await _count(committed_engine, "SELECT count(*) FROM dead_letters") == 0
     assert (
@@ -291,7 +298,11 @@ async def test_every_group_handles_every_event_once_in_order_through_sigkills(
                 seen.add(e.event_id)
                 actual[e.aggregate_id].append(e.event_id)
     assert actual == expected
-    for group, stream in (("revenue", f"{prefix}order"), ("cache", f"{prefix}product")):
+    for group, stream in (
+        ("revenue", f"{prefix}order"),
+        ("confirmation", f"{prefix}order"),
+        ("cache", f"{prefix}product"),
+    ):
         assert (await redis.xpending(stream, group))["pending"] == 0
 
 

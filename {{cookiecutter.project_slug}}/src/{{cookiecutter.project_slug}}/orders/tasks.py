@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
 
 import structlog
 
-from {{ cookiecutter.project_slug }}.exceptions import NotFound
-from {{ cookiecutter.project_slug }}.models import IdempotencyKey, OrderStatus
-from {{ cookiecutter.project_slug }}.notifications.notifier import Message
+from {{ cookiecutter.project_slug }}.models import OrderStatus
+from {{ cookiecutter.project_slug }}.orders.confirmation import SEND_CONFIRMATION, confirm_order
 from {{ cookiecutter.project_slug }}.orders.repository import OrderRepository
 from {{ cookiecutter.project_slug }}.patterns import outbox
-from {{ cookiecutter.project_slug }}.patterns.idempotency import claim
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
 from {{ cookiecutter.project_slug }}.products.repository import InventoryRepository
 from {{ cookiecutter.project_slug }}.products.service import invalidate_products
@@ -20,8 +17,6 @@ from {{ cookiecutter.project_slug }}.pubsub.events import ORDER_EXPIRED, order_e
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 
 log = structlog.get_logger(__name__)
-
-SEND_CONFIRMATION = "orders.send_confirmation"
 
 
 @job(SEND_CONFIRMATION)
@@ -31,27 +26,10 @@ async def send_order_confirmation(ctx: WorkerContext, *, order_id: str) -> str:
     Enqueued after the order's transaction commits, so the order is always there; a missing
     order is a bug (not a transient error) and goes to the dead letters.
     """
-    key = f"order-confirmation:{order_id}"
     async with ctx.transaction() as session:
-        details = await OrderRepository(session).confirmation_details(UUID(order_id))
-        if details is None:
-            raise NotFound(f"order {order_id} does not exist")
-        if not await claim(session, IdempotencyKey, key, task_name=SEND_CONFIRMATION):
-            return "duplicate"
-        await ctx.notifier.send(
-            session,
-            Message(
-                recipient=details.email,
-                subject=f"Order {order_id} confirmed",
-                body=(
-                    f"Thank you for your order of {details.units} item(s) in {details.lines} "
-                    f"line(s), total {details.total_cents / 100:.2f}. It was placed at "
-                    f"{details.created_at:%c} UTC "
-                    "and is awaiting payment."
-                ),
-                idempotency_key=key,
-            ),
-        )
+        outcome = await confirm_order(session, ctx.notifier, order_id)
+    if outcome == "duplicate":
+        return outcome
     log.info("order.confirmation_sent", order_id=order_id)
     return "sent"
 

@@ -12,6 +12,8 @@ Guarantees:
 - a message pending on a dead consumer for ``claim_idle_ms`` is taken over (XAUTOCLAIM);
 - a message delivered ``max_deliveries`` times without success goes to ``dead_letter`` and is
   acked, so one poison event never blocks the others;
+- a Redis outage pauses consumption, never stops it (retried with backoff); a Redis that
+  came back without its data gets the group re-created (``NOGROUP``);
 - per-stream order for one consumer of a group; run one consumer per group and stream when
   per-key order matters to the handler (takeovers after a crash redeliver in stream order).
 
@@ -32,6 +34,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from {{ cookiecutter.project_slug }}.patterns.backoff import reconnecting
 from {{ cookiecutter.project_slug }}.patterns.outbox import Event
 
 log = structlog.get_logger(__name__)
@@ -75,6 +78,8 @@ class Consumer:
     handled: int = 0
     duplicates: int = 0
     _errors: dict[str, str] = field(default_factory=dict)
+    _group_ready: bool = False
+    _last_claim: float = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -175,16 +180,33 @@ class Consumer:
             total += len(messages)
         return total
 
+    async def step(self) -> int:
+        """One round: (re)create the group if needed, take over stale messages now and then,
+        read new ones. Returns how many new messages were handled."""
+        if not self._group_ready:
+            await self.ensure_group()
+            self._group_ready = True
+        try:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._last_claim > self.claim_idle_ms / 2000:
+                self._last_claim = loop.time()
+                await self.claim_stale()
+            return await self.poll()
+        except ResponseError as exc:
+            # A Redis that restarted without its data has no group (or stream) any more.
+            if "NOGROUP" in str(exc):
+                self._group_ready = False
+            raise
+
     async def run(self, stop: asyncio.Event) -> None:
-        await self.ensure_group()
-        last_claim = 0.0
-        loop = asyncio.get_running_loop()
+        """Consume until ``stop`` is set; a Redis (or Postgres) outage is ridden out with
+        backoff (patterns/backoff.py), and the group picks up where it left off."""
         while not stop.is_set():
             try:
-                if loop.time() - last_claim > self.claim_idle_ms / 2000:
-                    last_claim = loop.time()
-                    await self.claim_stale()
-                await self.poll()
+                await reconnecting(
+                    stop, "event.consumer_failed", group=self.group, stream=self.stream
+                )(self.step)
             except Exception:
-                log.exception("event.consumer_failed", group=self.group, stream=self.stream)
-                await asyncio.sleep(1.0)
+                if stop.is_set():
+                    break
+                raise

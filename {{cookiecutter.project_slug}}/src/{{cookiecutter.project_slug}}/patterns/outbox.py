@@ -13,6 +13,9 @@ Guarantees:
 - per-aggregate order: rows are published in ``seq`` order, one batch at a time across all
   relays (a transaction-scoped advisory lock is the lease, so two relays never interleave and
   the survivor takes over at once when one dies);
+- an outage of Redis or Postgres pauses the relay, never stops it: the batch is retried with
+  backoff, and events committed meanwhile are published, in order, once Redis is back (run
+  Redis with AOF persistence: a Redis that restarts empty has lost what was relayed before);
 - streams are trimmed to about ``maxlen`` entries (``XADD MAXLEN ~``); :func:`purge_published`
   deletes published rows older than a retention (the scheduler runs it).
 
@@ -28,7 +31,7 @@ transaction (the order hot path), needs a dedicated connection that poolers (PgB
 transaction mode) do not keep, and a missed notification still needs the poll as a backstop.
 
 Needs: SQLAlchemy async + asyncpg, an ``outbox`` table (models/outbox.py), redis.asyncio,
-orjson, structlog. Imports no domain code.
+orjson, structlog, patterns/backoff.py. Imports no domain code.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from uuid_utils.compat import uuid7
+
+from {{ cookiecutter.project_slug }}.patterns.backoff import reconnecting
 
 log = structlog.get_logger(__name__)
 
@@ -214,15 +219,16 @@ class Relay:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until ``stop`` is set; a failed batch is retried (it was not marked)."""
+        """Publish until ``stop`` is set. A failed batch (Redis or Postgres away) was not
+        marked: it is retried with backoff (patterns/backoff.py) until the outage ends, and
+        the rows written meanwhile wait in the outbox."""
         while not stop.is_set():
             try:
-                count = await self.publish_batch()
+                count: int = await reconnecting(stop, "outbox.relay_failed")(self.publish_batch)
             except Exception:
-                log.exception("outbox.relay_failed")
-                count = 0
-                await _sleep(stop, 1.0)
-                continue
+                if stop.is_set():
+                    break
+                raise
             if count < self.batch_size:
                 await _sleep(stop, self.poll_interval)
 

@@ -10,10 +10,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.models import DailyRevenue, DeadLetter
+from {{ cookiecutter.project_slug }}.notifications.notifier import OutboxNotifier
+from {{ cookiecutter.project_slug }}.orders.confirmation import confirm_order
 from {{ cookiecutter.project_slug }}.patterns.consumer import Handler
 from {{ cookiecutter.project_slug }}.patterns.outbox import Event
 from {{ cookiecutter.project_slug }}.products.service import invalidate_products
-from {{ cookiecutter.project_slug }}.pubsub.events import ORDER, ORDER_PAID, PRODUCT
+from {{ cookiecutter.project_slug }}.pubsub.events import ORDER, ORDER_PAID, ORDER_PLACED, PRODUCT
 
 
 async def invalidate_product(session: AsyncSession, event: Event) -> None:
@@ -43,6 +45,17 @@ async def add_revenue(session: AsyncSession, event: Event) -> None:
     )
 
 
+async def confirm_placed_order(session: AsyncSession, event: Event) -> None:
+    """The confirmation's path that survives a broker or Redis outage: the ``order.placed``
+    event is committed with the order, so the order is confirmed once the relay and this
+    group reach it (a no-op when the job already sent it)."""
+    if event.type == ORDER_PLACED:
+        await confirm_order(session, _NOTIFIER, event.aggregate_id)
+
+
+_NOTIFIER = OutboxNotifier()
+
+
 @dataclass(frozen=True)
 class Subscription:
     aggregate_type: str
@@ -53,6 +66,7 @@ class Subscription:
 SUBSCRIPTIONS = (
     Subscription(PRODUCT, "cache", invalidate_product),
     Subscription(ORDER, "revenue", add_revenue),
+    Subscription(ORDER, "confirmation", confirm_placed_order),
 )
 
 

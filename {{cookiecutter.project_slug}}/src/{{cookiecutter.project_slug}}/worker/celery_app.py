@@ -63,6 +63,11 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
+        # A lost broker connection is re-established however long the outage lasts (Celery
+        # gives up after 100 attempts by default, and the worker then exits): the worker
+        # rides out a Redis or RabbitMQ restart and consumes again once it is back.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         task_default_queue=settings.celery_queue,
         # JSON only: pickle would let anyone who can write to the broker run code here.
         task_serializer="json",
@@ -103,7 +108,8 @@ def create_celery(settings: Settings) -> Celery:
         # Beat: RedBeat keeps the schedule and a lock in Redis (even with RabbitMQ as the
         # broker), so a second beat process waits for the lock instead of double-firing.
         beat_schedule=beat_schedule(settings),
-        beat_scheduler="redbeat.RedBeatScheduler",
+        # RedBeat that outlives a Redis outage (worker/beat_scheduler.py).
+        beat_scheduler="{{ cookiecutter.project_slug }}.worker.beat_scheduler:ResilientRedBeatScheduler",
         beat_max_loop_interval=settings.beat_max_interval,
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=settings.beat_key_prefix,
@@ -111,7 +117,8 @@ def create_celery(settings: Settings) -> Celery:
         redbeat_redis_options={
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
-            "retry_period": settings.beat_lock_timeout,
+            # RedBeat's own retries block a tick; keep them short, the scheduler backs off.
+            "retry_period": 1,
         },
     )
     return app
