@@ -32,7 +32,12 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.project_slug }}.devstack.servers import free_port
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack, StackSettings, ports_in_use
+from {{ cookiecutter.project_slug }}.devstack.topology import (
+    GATEWAY_UNLIMITED,
+    LocalStack,
+    StackSettings,
+    ports_in_use,
+)
 
 from .loadgen import LoadResult, client_name, run_load
 
@@ -193,6 +198,7 @@ def measure_stack(
         "CACHE_ENABLED": str(cache_enabled).lower(),
         "CACHE_KEY_PREFIX": f"bench-read-path-{os.getpid()}-{int(cache_enabled)}",
         "LOG_LEVEL": "WARNING",
+        **GATEWAY_UNLIMITED,
     }
     if database_url:
         env["DATABASE_URL"] = database_url

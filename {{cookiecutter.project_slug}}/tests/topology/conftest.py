@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from {{ cookiecutter.project_slug }}.devstack.topology import (
+    GATEWAY_UNLIMITED,
     LocalStack,
     StackSettings,
     gateway_servers_up,
@@ -80,11 +81,8 @@ async def start_stack(
         # through the gateway, not dozens of connections per instance.
         "DB_POOL_SIZE": "5",
         "DB_MAX_OVERFLOW": "3",
-        # The load proofs run closed loops from one address at full speed: the gateway's
-        # per-address limit (the outer ring) would be what they measured. The rate-limit
-        # proofs (test_rate_limits.py) start a stack with it in place.
-        "GATEWAY_RATE_AVERAGE": "1000000",
-        "GATEWAY_RATE_BURST": "1000000",
+        # test_rate_limits.py puts the gateway's limit back through extra_env.
+        **GATEWAY_UNLIMITED,
         **(extra_env or {}),
     }
     stack = LocalStack.start(PROJECT_DIR, env, instances=INSTANCES)

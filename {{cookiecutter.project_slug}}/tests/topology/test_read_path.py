@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_postgres, start_redis
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack
+from {{ cookiecutter.project_slug }}.devstack.topology import GATEWAY_UNLIMITED, LocalStack
 from tests.edge import fetch_many
 from tests.factories import insert_products
 from tests.topology.conftest import (
@@ -134,6 +134,7 @@ async def read_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         "CACHE_TIMEOUT": "2",
         "CACHE_BREAKER_RESET_SECONDS": "1",
         "LOG_LEVEL": "WARNING",
+        **GATEWAY_UNLIMITED,
     }
     stack = LocalStack.start(PROJECT_DIR, env, instances=INSTANCES)
     database = create_async_engine(postgres.url, pool_size=2, max_overflow=0)
