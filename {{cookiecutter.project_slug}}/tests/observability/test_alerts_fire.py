@@ -36,16 +36,24 @@ def _rules() -> list[dict[str, Any]]:
     return [short_windows(yaml.safe_load(path.read_text())) for path in sorted(RULES.glob("*.yml"))]
 
 
-async def _load(base_url: str, fault: str, stop: asyncio.Event, statuses: Counter[int]) -> None:
+async def _load(
+    base_url: str,
+    fault: str,
+    stop: asyncio.Event,
+    statuses: Counter[int],
+    *,
+    clients: int = CLIENTS,
+    fault_every: int = FAULT_EVERY,
+) -> None:
     async def client(offset: int) -> None:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
             sent = offset
             while not stop.is_set():
                 sent += 1
-                path = fault if sent % FAULT_EVERY == 0 else "/products"
+                path = fault if sent % fault_every == 0 else "/products"
                 statuses[(await http.get(path)).status_code] += 1
 
-    await asyncio.gather(*(client(offset) for offset in range(CLIENTS)))
+    await asyncio.gather(*(client(offset) for offset in range(clients)))
 
 
 async def _until_firing(
@@ -69,14 +77,15 @@ def prometheus_installed() -> None:
 
 
 async def _fire_under(
-    server: LiveServer, fault: str, wanted: set[str]
+    server: LiveServer, fault: str, wanted: set[str], **shape: int
 ) -> tuple[dict[str, float], Counter[int]]:
-    """Load with one request in five sent to ``fault``, until ``wanted`` fire (or 90 s)."""
+    """Load with one request in five sent to ``fault`` (``shape`` overrides), until ``wanted``
+    fire (or 90 s)."""
     target = server.base_url.removeprefix("http://")
     with run_prometheus({"api": [target]}, _rules()) as prometheus:
         stop = asyncio.Event()
         statuses: Counter[int] = Counter()
-        load = asyncio.create_task(_load(server.base_url, fault, stop, statuses))
+        load = asyncio.create_task(_load(server.base_url, fault, stop, statuses, **shape))
         try:
             fired = await _until_firing(prometheus, wanted, deadline=90)
         finally:
@@ -103,5 +112,24 @@ async def test_a_slow_route_pages_for_latency_not_availability(live_server: Live
     wanted = {"ApiLatencyBurnFast", "ApiLatencyBurnSlow", "ApiLatencyBurnTicket"}
     fired, statuses = await _fire_under(live_server, "/_faults/slow?seconds=0.7", wanted)
     assert wanted <= fired.keys(), fired
+    assert set(statuses) == {200}, statuses
+    assert not {name for name in fired if name.startswith("ApiAvailability")}, fired
+
+
+@pytest.mark.usefixtures("prometheus_installed")
+async def test_an_exhausted_pool_fires_saturation_not_availability(
+    live_server: LiveServer,
+) -> None:
+    # More clients than pooled connections, each holding one: requests queue for the pool
+    # (DB_POOL_TIMEOUT is long), so users see slowness and the page names the pool.
+    pool = live_server.settings.db_pool_size
+    fired, statuses = await _fire_under(
+        live_server,
+        "/_faults/slow-db?seconds=0.5",
+        {"DbPoolSaturated"},
+        clients=pool + pool // 2,
+        fault_every=1,
+    )
+    assert "DbPoolSaturated" in fired, fired
     assert set(statuses) == {200}, statuses
     assert not {name for name in fired if name.startswith("ApiAvailability")}, fired

@@ -10,6 +10,9 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy import text
+
+from {{ cookiecutter.project_slug }}.postgres import DbSession
 
 router = APIRouter(prefix="/_faults", tags=["faults"], include_in_schema=False)
 
@@ -27,4 +30,13 @@ async def unhandled() -> None:
 async def slow(seconds: Annotated[float, Query(ge=0, le=10)] = 1.0) -> dict[str, float]:
     """Answers 200 after ``seconds``: slow, not down (the latency alert's proof)."""
     await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+@router.get("/slow-db")
+async def slow_db(
+    session: DbSession, seconds: Annotated[float, Query(ge=0, le=10)] = 1.0
+) -> dict[str, float]:
+    """Holds a pooled connection for ``seconds`` (``pg_sleep``): the pool-saturation proof."""
+    await session.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": seconds})
     return {"slept": seconds}
