@@ -86,3 +86,27 @@ def test_every_cause_alert_names_a_fix_and_every_slo_alert_a_runbook() -> None:
                     key = "runbook" if rule["labels"].get("slo") else "fix"
                     assert rule["annotations"].get(key), (rule["alert"], key)
                     assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+
+
+def test_compose_runs_prometheus_on_the_deploy_config(compose_config: dict[str, Any]) -> None:
+    services = compose_config["services"]
+    prometheus = services["prometheus"]
+    [volume] = prometheus["volumes"]
+    assert Path(volume["source"]) == PROMETHEUS
+    assert volume["target"] == "/etc/prometheus"
+    # Every scrape target names a compose service (the edge's exporter is optional).
+    config = _load(PROMETHEUS / "prometheus.yml")
+    hosts = {
+        target.split(":")[0]
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    } | {
+        name
+        for job in config["scrape_configs"]
+        for dns in job.get("dns_sd_configs", [])
+        for name in dns["names"]
+    }
+    assert hosts - services.keys() == set()
+    # The worker's metrics must be reachable from another container.
+    assert services["worker"]["environment"]["WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
