@@ -26,6 +26,7 @@ NOT_SETTINGS = {
     "API_HOST": "where the serve command binds (cli.py): a server argument, not app config",
     "API_PORT": "where the serve command listens (cli.py): a server argument, not app config",
     "IMAGE": "compose: which image tag to run",
+    "PROMETHEUS_PORT": "compose: where the Prometheus UI is published on loopback",
     "POSTGRES_PASSWORD": "compose: the postgres container's password, spliced into DATABASE_URL",
     "PATH": "Dockerfile: the virtualenv on the PATH",
     "PYTHONUNBUFFERED": "Dockerfile: interpreter behaviour",

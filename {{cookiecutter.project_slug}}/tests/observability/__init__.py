@@ -1,0 +1,1 @@
+"""Prometheus scraping the running app: the alerts fire on the fault they are for."""
