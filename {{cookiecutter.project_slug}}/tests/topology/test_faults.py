@@ -9,7 +9,6 @@ the connection; this proof sends the poison through the gateway and through the 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
 from typing import Any
