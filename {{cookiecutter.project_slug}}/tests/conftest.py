@@ -49,6 +49,7 @@ from {{ cookiecutter.project_slug }}.devstack.servers import (
     ServerUnavailable,
     free_port,
     provide_services,
+    stop_process,
 )
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.models import Base
@@ -340,12 +341,7 @@ def live_server(
         wait_until_healthy(process, base_url, log_path=log_path)
         yield LiveServer(base_url=base_url, settings=settings, pid=process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)
 
 
 # --- Background jobs: real brokers, worker and beat processes (see tests/worker_harness.py) ---

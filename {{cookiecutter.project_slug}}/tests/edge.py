@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
+from {{ cookiecutter.project_slug }}.devstack.servers import free_port, stop_process
 
 VCL_DIR = Path(__file__).parents[1] / "deploy" / "varnish"
 HAVE_VARNISH = shutil.which("varnishd") is not None
@@ -33,12 +33,7 @@ class Edge:
     log: Path
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=15)
 
 
 def start_edge(directory: Path, origin_port: int) -> Edge:

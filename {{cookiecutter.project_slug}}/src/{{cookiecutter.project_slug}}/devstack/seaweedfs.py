@@ -23,6 +23,7 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
+from {{ cookiecutter.project_slug }}.devstack.servers import stop_process
 from {{ cookiecutter.project_slug }}.devstack.topology import StackSettings
 
 ACCESS_KEY = "proof"
@@ -129,10 +130,5 @@ def run_seaweedfs(deadline: float = 60.0) -> Iterator[S3Server]:
             client.close()
             yield S3Server(endpoint, BUCKET, ACCESS_KEY, SECRET_KEY)
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
             log.close()

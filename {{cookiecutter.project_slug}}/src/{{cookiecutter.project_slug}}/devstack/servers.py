@@ -52,6 +52,16 @@ class RunningServer:
         self._stop()
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, so the server shuts down cleanly; SIGKILL if it has not exited by ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -207,12 +217,7 @@ def start_redis(*, port: int | None = None) -> RunningServer:
         raise ServerUnavailable("redis-server did not answer PING within 10 seconds")
 
     def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
     return RunningServer("redis", f"redis://127.0.0.1:{port}/0", process.pid, stop)
 
