@@ -3,7 +3,9 @@ three API instances -> one Redis.
 
 Clients bind distinct loopback addresses (127.0.0.x), so each is a different client to the
 edge, the gateway and the app. The stack runs with the app's limits on and small (the
-``LIMITED`` environment) and the gateway's per-address bucket at 50/s, burst 100.
+``LIMITED`` environment) and the gateway's per-address bucket at 10/s, burst 100: every proof
+but the flood stays inside the burst from its own address, and the flood outruns 10/s however
+slow the machine is.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ PASSWORD = "correct horse battery"
 USER_LIMIT = 30
 LOGIN_IP_LIMIT = 20
 LOGIN_ACCOUNT_LIMIT = 10
-GATEWAY_AVERAGE = 50  # per second
+GATEWAY_AVERAGE = 10  # per second
 GATEWAY_BURST = 100
 LIMITED = {
     "RATE_LIMIT_ENABLED": "true",
@@ -51,6 +53,14 @@ LIMITED = {
     "RATE_LIMIT_REGISTER_IP": "1000/minute",
     "GATEWAY_RATE_AVERAGE": str(GATEWAY_AVERAGE),
     "GATEWAY_RATE_BURST": str(GATEWAY_BURST),
+    # Production's 250 ms budget per limiter call is for a healthy instance; here the stack
+    # shares two cores with the rest of the suite, and a slow call would (correctly) fall back
+    # to the per-instance count and admit more than the shared limit these proofs count. The
+    # Redis-stopped proof below and tests/auth/test_rate_limits.py prove the fallback.
+    "RATE_LIMIT_TIMEOUT": "2",
+    # Login holds its pooled connection through the Argon2 hash: on a loaded machine the
+    # admitted logins can queue past the 5 s pool timeout (503s) without any limit being wrong.
+    "DB_POOL_TIMEOUT": "30",
 }
 
 
