@@ -18,6 +18,7 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
+from sqlalchemy import event
 
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
@@ -45,7 +46,7 @@ from {{ cookiecutter.project_slug }}.patterns.problem import (
     install_unavailable_handler,
 )
 from {{ cookiecutter.project_slug }}.patterns.rate_limit import RateLimitHeaders
-from {{ cookiecutter.project_slug }}.patterns.readiness import dependency_gauge
+from {{ cookiecutter.project_slug }}.patterns.readiness import RecentSuccess, dependency_gauge
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
 from {{ cookiecutter.project_slug }}.payments.provider import create_payment_provider
@@ -72,6 +73,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings)
     redis = create_redis(settings)
     app.state.engine = engine
+    # Readiness counts any statement that succeeded within the probe's deadline as Postgres up.
+    app.state.postgres_seen = RecentSuccess(fresh_for=settings.readiness_timeout)
+    event.listen(
+        engine.sync_engine, "after_cursor_execute", lambda *_: app.state.postgres_seen.record()
+    )
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.redis = redis
     # The cache has a Redis client of its own: short timeouts, no retries (fail-open).

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
@@ -134,3 +135,20 @@ async def test_the_gateway_error_page_is_a_problem_hidden_from_the_contract(
     assert (await app_client.get("/_gateway/errors/500")).status_code == 404
     schema = (await app_client.get("/openapi.json")).json()
     assert not [path for path in schema["paths"] if path.startswith("/_gateway")]
+
+
+async def test_a_busy_pool_does_not_make_an_instance_unready(settings: Settings) -> None:
+    # Every pooled connection is out serving requests. A probe that queued for one would miss
+    # the gateway's timeout and take a healthy instance out of rotation; the statement that
+    # just succeeded already proves Postgres answers.
+    busy = settings.model_copy(
+        update={"db_pool_size": 1, "db_max_overflow": 0, "readiness_timeout": 30.0}
+    )
+    app = create_app(busy)
+    async with LifespanManager(app), app.state.engine.connect() as held:
+        await held.execute(text("SELECT 1"))
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["postgres"]["status"] == "ok"

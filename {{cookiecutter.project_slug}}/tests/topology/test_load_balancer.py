@@ -64,11 +64,12 @@ async def test_requests_are_spread_over_every_instance(
     assert load.ok >= 30 * INSTANCES  # enough requests for the shares to mean something
     # Each request reached exactly one instance...
     assert sum(served) == load.ok
-    # ...and every instance carried a real share: within half of an even split. (Round robin
-    # is exact per connection, but on a loaded 2-core machine one instance's slower answers
-    # shift the split; CI once measured 0.405 / 0.357 / 0.238.)
+    # ...and every instance carried a fair share: within 25% of an even split. Round robin is
+    # exact while every instance stays in rotation; CI once measured 0.405 / 0.357 / 0.238
+    # when a busy instance's readiness probe queued behind its own traffic for a pooled
+    # connection and missed the gateway's timeout (fixed: tests/health, busy pool).
     fair = 1 / INSTANCES
-    assert all(0.5 * fair <= share <= 1.5 * fair for share in shares), shares
+    assert all(0.75 * fair <= share <= 1.25 * fair for share in shares), shares
 
 
 async def test_a_token_from_one_instance_works_on_every_other(stack: LocalStack) -> None:

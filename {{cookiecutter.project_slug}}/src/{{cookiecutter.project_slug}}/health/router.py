@@ -46,9 +46,13 @@ async def readyz(request: Request) -> dict[str, Any] | Response:
     if state.drain.draining:
         return problem_response(503, title="Not Ready", detail="draining", checks={})
 
-    async def postgres() -> None:
+    async def probe_postgres() -> None:
         async with state.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+
+    # A statement that succeeded a moment ago proves Postgres answers: a busy instance must not
+    # queue its probe behind its own traffic and miss the gateway's health-check timeout.
+    postgres = state.postgres_seen.or_probe(probe_postgres)
 
     async def redis() -> None:
         await state.redis.ping()

@@ -10,6 +10,12 @@ without (its database). One the app degrades around (a fail-open cache, a broker
 is reported, in the body and in :func:`dependency_gauge`, but never takes the instance out of
 rotation: when it is shared by every instance, failing readiness on it empties the pool.
 
+Busy is not down: :class:`RecentSuccess` lets a check pass without a probe when real traffic
+proved the dependency within ``fresh_for`` seconds. Under load the probe would otherwise queue for
+a pooled connection behind that traffic, miss the gateway's timeout, and take a healthy but busy
+instance out of rotation (its load then lands on the others). An outage still fails readiness
+within ``fresh_for`` plus one probe.
+
 Needs: asyncio, prometheus-client. Wire each dependency as ``async def check() -> None`` that
 raises when it is unhealthy.
 """
@@ -24,6 +30,32 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Gauge
 
 Check = Callable[[], Awaitable[None]]
+
+
+class RecentSuccess:
+    """When a dependency last answered real traffic; call :meth:`record` after each success."""
+
+    def __init__(self, fresh_for: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fresh_for = fresh_for
+        self._clock = clock
+        self._last = float("-inf")
+
+    def record(self) -> None:
+        self._last = self._clock()
+
+    def fresh(self) -> bool:
+        return self._clock() - self._last < self.fresh_for
+
+    def or_probe(self, probe: Check) -> Check:
+        """A check that passes on recent success, else runs ``probe`` (and records its success)."""
+
+        async def check() -> None:
+            if self.fresh():
+                return
+            await probe()
+            self.record()
+
+        return check
 
 
 @dataclass(frozen=True, slots=True)
