@@ -74,10 +74,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis = create_redis(settings)
     app.state.engine = engine
     # Readiness counts any statement that succeeded within the probe's deadline as Postgres up.
-    app.state.postgres_seen = RecentSuccess(fresh_for=settings.readiness_timeout)
-    event.listen(
-        engine.sync_engine, "after_cursor_execute", lambda *_: app.state.postgres_seen.record()
-    )
+    # The listener runs after every statement: it holds the tracker itself, not a state lookup.
+    postgres_seen = RecentSuccess(fresh_for=settings.readiness_timeout)
+    app.state.postgres_seen = postgres_seen
+    event.listen(engine.sync_engine, "after_cursor_execute", lambda *_: postgres_seen.record())
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.redis = redis
     # The cache has a Redis client of its own: short timeouts, no retries (fail-open).
