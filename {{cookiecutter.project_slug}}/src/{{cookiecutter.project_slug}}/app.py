@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import event
 
 from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
+from {{ cookiecutter.project_slug }}.auth.user_cache import UserCache
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
 from {{ cookiecutter.project_slug }}.config import Environment, Settings
 from {{ cookiecutter.project_slug }}.faults.router import router as faults_router
@@ -160,6 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dependency_up = dependency_gauge(app.state.metrics.registry)
     app.state.rate_limit_policies = build_policies(settings)
     app.state.rate_limiter = None  # the lifespan creates it (unless RATE_LIMIT_ENABLED=false)
+    app.state.user_cache = UserCache(
+        settings.user_cache_ttl_seconds, settings.user_cache_max_entries
+    )
 
     install_problem_handlers(app)
     # Postgres unreachable (refused, pool exhausted, connection lost): 503, not 500.

@@ -47,6 +47,9 @@ class DatabaseSettings(BaseSettings):
     db_pool_timeout: float = Field(default=5.0, gt=0)
     # A runaway query is cancelled by Postgres itself, not left holding a connection.
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    # A pooled connection older than this is replaced at checkout (no per-checkout ping):
+    # below any idle timeout of the server or of a proxy in between (PgBouncer, a cloud LB).
+    db_pool_recycle_seconds: int = Field(default=1800, ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -127,6 +130,11 @@ class Settings(DatabaseSettings):
     # The `aud` every token is issued for and checked against: a token minted for another
     # service sharing the key is refused here.
     jwt_audience: str = "{{ cookiecutter.project_slug }}-api"
+    # The caller without a database lookup per request (auth/user_cache.py): a user changed
+    # through this process is forgotten at its commit; one deactivated elsewhere (another
+    # instance, a worker, SQL) is locked out within this many seconds. 0: a lookup per request.
+    user_cache_ttl_seconds: float = Field(default=10.0, ge=0)
+    user_cache_max_entries: int = Field(default=10_000, ge=1)
 
     # --- Background jobs (Celery) and the scheduler (beat + RedBeat); see docs/queue.md ---
     celery_broker_url: str = DEFAULT_BROKER_URL

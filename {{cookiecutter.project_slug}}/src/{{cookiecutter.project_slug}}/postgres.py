@@ -8,6 +8,12 @@ Side effects a request registers with ``on_commit`` (cache invalidation, CDN pur
 jobs it enqueues (:data:`Jobs`, buffered in the session) run right after that commit and
 before the response; a rollback discards both (patterns/on_commit.py,
 patterns/after_commit.py).
+
+Connection health and read cost (patterns/lazy_transaction.py): no ``pool_pre_ping`` (a round
+trip per checkout); connections are recycled after ``DB_POOL_RECYCLE_SECONDS``, a disconnect
+invalidates the pool, and a read that met a dead connection first is retried once. The API's
+reads run in autocommit (no ``BEGIN``/``COMMIT``) and its transaction starts on the first
+write, so a read-only request costs its queries and nothing else.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from {{ cookiecutter.project_slug }}.auth.user_cache import bind_user_cache
 from {{ cookiecutter.project_slug }}.caching import bind_invalidation
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.after_commit import (
@@ -30,16 +37,27 @@ from {{ cookiecutter.project_slug }}.patterns.after_commit import (
     finish_commit,
     jobs_for,
 )
+from {{ cookiecutter.project_slug }}.patterns.lazy_transaction import (
+    ReadRetrySession,
+    install_lazy_begin,
+)
 
 
-def create_engine(settings: Settings, *, application_name: str = "api") -> AsyncEngine:
-    return create_async_engine(
+def create_engine(
+    settings: Settings, *, application_name: str = "api", lazy_begin: bool | None = None
+) -> AsyncEngine:
+    """The engine of one process. ``lazy_begin`` (default: on for the API only) runs reads
+    without a transaction until the first write; workers keep a transaction per unit of work
+    until their jobs are measured with it."""
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
-        # A connection the server closed (failover, idle timeout) is replaced, not handed out.
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): a connection older than this is replaced at
+        # checkout, before a server's or proxy's idle timeout closes it; one that died anyway
+        # (restart, failover) invalidates the pool and its read is retried once.
+        pool_recycle=settings.db_pool_recycle_seconds,
         connect_args={
             "timeout": settings.readiness_timeout * 5,
             "server_settings": {
@@ -48,11 +66,19 @@ def create_engine(settings: Settings, *, application_name: str = "api") -> Async
             },
         },
     )
+    if lazy_begin if lazy_begin is not None else application_name == "api":
+        install_lazy_begin(engine)
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     # expire_on_commit=False: the response is serialised after the commit, from loaded rows.
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(
+        engine,
+        expire_on_commit=False,
+        autoflush=False,
+        sync_session_class=ReadRetrySession,
+    )
 
 
 async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -61,6 +87,8 @@ async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
         # What this request's writes invalidate goes through the app's cache and edge clients.
         state = request.app.state
         bind_invalidation(session, getattr(state, "cache", None), getattr(state, "purger", None))
+        # A write to a user forgets its cached copy after the commit (auth/user_cache.py).
+        bind_user_cache(session, getattr(state, "user_cache", None))
         try:
             yield session
         except BaseException:
@@ -87,3 +115,13 @@ def get_jobs(request: Request, session: DbSession) -> AfterCommitJobs:
 
 # Enqueue background jobs from an endpoint or service; they leave after the commit.
 Jobs = Annotated[AfterCommitJobs, Depends(get_jobs)]
+
+
+async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    return sessionmaker
+
+
+# Sessions the endpoint opens and ends itself, when it must not hold a connection for the
+# whole request (login: the read ends before the password hash runs).
+Sessions = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from uuid import UUID
+
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,19 +22,27 @@ async def register(session: AsyncSession, email: str, password: str) -> User:
     return user
 
 
-async def authenticate(session: AsyncSession, email: str, password: str) -> User:
-    user = await UserRepository(session).get_by_email(email)
+async def find_login(session: AsyncSession, email: str) -> User | None:
+    """The account a login names (read only: the caller ends the session before hashing)."""
+    return await UserRepository(session).get_by_email(email)
+
+
+async def check_password(user: User | None, password: str) -> tuple[User, str | None]:
+    """Verify a login against the account read before (no database connection held: Argon2
+    runs for tens of ms). Returns the user, and a new hash to store when the stored one used
+    older Argon2 parameters; raises :class:`NotAuthenticated` when the login fails."""
     valid, rehashed = await verify_and_update_password(
         password, user.password_hash if user else None
     )
     if user is None or not valid or not user.is_active:
         log.info("user.login_failed")
         raise NotAuthenticated("Incorrect email or password.")
-    if rehashed is not None:
-        # Hashed with older Argon2 parameters: upgraded now, the only time the password is
-        # known. Flushed here, committed by the request.
-        user.password_hash = rehashed
-        await session.flush()
-        log.info("user.password_rehashed", user_id=str(user.id))
     log.info("user.logged_in", user_id=str(user.id))
-    return user
+    return user, rehashed
+
+
+async def store_rehash(session: AsyncSession, user_id: UUID, password_hash: str) -> None:
+    """Upgrade a hash made with older Argon2 parameters (the only time the password is
+    known). Flushed here; the caller commits its own short transaction."""
+    await UserRepository(session).set_password_hash(user_id, password_hash)
+    log.info("user.password_rehashed", user_id=str(user_id))
