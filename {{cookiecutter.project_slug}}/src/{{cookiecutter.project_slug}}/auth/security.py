@@ -11,18 +11,25 @@ expire (ACCESS_TOKEN_TTL_SECONDS), then drop SECRET_KEY_PREVIOUS.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
+import os
+import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from uuid import UUID
 
 import jwt
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.exceptions import NotAuthenticated
+
+T = TypeVar("T")
 
 ALGORITHM = "HS256"
 TOKEN_TYPE = "access"  # noqa: S105  # a claim value, not a secret
@@ -39,9 +46,29 @@ def _dummy_hash() -> str:
 
 
 # Argon2 is deliberately slow (tens of ms of CPU); run it in a worker thread so one login
-# does not stall every other request on this event loop.
+# does not stall every other request on this event loop, and at most one hash per core at a
+# time: a burst of logins queues here instead of starving the event loop's own thread of CPU
+# (24 hashing threads on 2 cores leave the loop a 13th of a core, and every request waiting
+# on it, a pool checkout included, times out).
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _hash_limiter() -> CapacityLimiter:
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = CapacityLimiter(os.cpu_count() or 1)
+    return limiter
+
+
+async def _in_thread(function: Callable[..., T], *args: object) -> T:
+    return await to_thread.run_sync(function, *args, limiter=_hash_limiter())
+
+
 async def hash_password(password: str) -> str:
-    return await to_thread.run_sync(_hasher().hash, password)
+    return await _in_thread(_hasher().hash, password)
 
 
 async def verify_and_update_password(
@@ -52,7 +79,7 @@ async def verify_and_update_password(
     if password_hash is None:
         await verify_password(password, None)
         return False, None
-    valid, updated = await to_thread.run_sync(_hasher().verify_and_update, password, password_hash)
+    valid, updated = await _in_thread(_hasher().verify_and_update, password, password_hash)
     return valid, updated if valid else None
 
 
@@ -60,7 +87,7 @@ async def verify_password(password: str, password_hash: str | None) -> bool:
     # With no user, still spend the same time on a dummy hash: the response time must not
     # reveal which emails are registered.
     target = password_hash if password_hash is not None else _dummy_hash()
-    matches = await to_thread.run_sync(_hasher().verify, password, target)
+    matches = await _in_thread(_hasher().verify, password, target)
     return matches and password_hash is not None
 
 
