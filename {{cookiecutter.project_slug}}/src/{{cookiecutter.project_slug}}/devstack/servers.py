@@ -47,9 +47,17 @@ class RunningServer:
     url: str
     pid: int | None
     _stop: Callable[[], None] = field(repr=False)
+    _restart: Callable[[], None] | None = field(default=None, repr=False)
 
     def stop(self) -> None:
         self._stop()
+
+    def restart(self) -> None:
+        """Stop and start again on the same data and port (fast shutdown: every client
+        connection is cut), returning once it accepts connections again."""
+        if self._restart is None:
+            raise NotImplementedError(f"{self.name} cannot be restarted in place")
+        self._restart()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -173,8 +181,12 @@ def start_postgres(
         if base_dir != requested_dir:  # a stand-in directory of our own making
             shutil.rmtree(base_dir, ignore_errors=True)
 
+    def restart() -> None:
+        command = [*prefix, pg_ctl, "-D", str(data_dir), "-l", str(log_file), "-m", "fast"]
+        _run([*command, "-w", "-t", "60", "restart"], f"restarting Postgres (log: {log_file})")
+
     return RunningServer(
-        "postgres", f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", pid, stop
+        "postgres", f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", pid, stop, restart
     )
 
 
