@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio.to_thread
@@ -44,7 +44,7 @@ AFTER_RECOVERY = 200  # reads that must all succeed once the server is back
 
 
 @pytest.fixture(scope="module")
-def throwaway_postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
+def throwaway_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     server = start_postgres(Path(tmp_path_factory.mktemp("restart")) / "postgres")
     try:
         yield server
