@@ -11,11 +11,13 @@ machines. :func:`run_load` picks the best available.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -52,9 +54,17 @@ async def run_asyncio_load(
     connections: int = 32,
     duration: float = 5.0,
     headers: dict[str, str] | None = None,
+    rotate: Sequence[dict[str, str]] = (),
 ) -> LoadResult:
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
+    """``rotate``: header sets taken in turn, one per request across all connections (e.g. one
+    token per user); else every request carries ``headers``."""
+
+    def encode(fields: dict[str, str]) -> bytes:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        return f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
+
+    requests = [encode(fields) for fields in rotate] or [encode(headers or {})]
+    turn = itertools.cycle(requests)
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration
@@ -65,7 +75,7 @@ async def run_asyncio_load(
         try:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
-                writer.write(request)
+                writer.write(next(turn))
                 status = await _read_response(reader)
                 latencies.append(time.perf_counter() - started)
                 if status >= 500:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -29,6 +29,7 @@ from {{ cookiecutter.project_slug }}.patterns.cache import (
     CacheRegion,
     CircuitBreaker,
     cache_redis_client,
+    etag_of,
 )
 from {{ cookiecutter.project_slug }}.patterns.on_commit import on_commit, run_after_commit
 from tests.conftest import drop_database, recreate_database, run_database_name
@@ -217,10 +218,12 @@ async def test_values_are_stored_as_compact_json_under_a_versioned_key(
     key = cache.key(ITEMS, "1")
     assert key == f"{instances.prefix}:item:{ITEMS.fingerprint}:" + "{1}"
     redis = Redis.from_url(redis_url)
-    raw = await redis.get(key)
+    body = await redis.hget(key, "b")
+    etag = await redis.hget(key, "e")
     await redis.aclose()
-    assert raw is not None
-    assert raw[9:] == b'{"id":1,"name":"lamp","version":1}'
+    assert body == b'{"id":1,"name":"lamp","version":1}'
+    assert etag is not None
+    assert etag.decode() == etag_of(body)  # computed once, when stored
 
 
 async def test_not_found_is_remembered_for_the_short_negative_ttl(
@@ -289,8 +292,10 @@ async def test_an_undecodable_entry_is_a_miss_not_an_error(
     await items.put(8, "desk")
     cache = instances.new()
     redis = Redis.from_url(redis_url)
-    # Same key, a foreign shape (a bug, or a hand-edit): validated on the way out.
-    await redis.set(cache.key(ITEMS, "8"), b"v" + b"\x7f" * 8 + b'{"unexpected": true}')
+    # Same key, a foreign body (a bug, or a hand-edit): its ETag does not match it.
+    fresh_until = int((time.time() + 60) * 1000)
+    foreign = {"g": "", "f": fresh_until, "e": '"not-this-body"', "b": b'{"unexpected": true}'}
+    await redis.hset(cache.key(ITEMS, "8"), mapping=foreign)  # type: ignore[arg-type]
     await redis.aclose()
     assert await cache.get_or_load(ITEMS, "8", items.loader(8)) == Item(
         id=8, name="desk", version=1
@@ -299,6 +304,67 @@ async def test_an_undecodable_entry_is_a_miss_not_an_error(
     assert errors(cache) > 0  # counted as a decode error, and replaced by a good entry:
     assert await cache.get_or_load(ITEMS, "8", items.loader(8)) is not None
     assert items.loads == 1
+
+
+class CountingConnection(Connection):
+    """A Redis connection that counts what it sends: one send is one round trip (a pipeline
+    or a script call is one too)."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+def counting(cache: Cache) -> type[CountingConnection]:
+    cache.redis.connection_pool.connection_class = CountingConnection
+    CountingConnection.sent = 0
+    return CountingConnection
+
+
+@pytest.mark.parametrize("scope", [None, "user-1"])
+async def test_a_hit_is_one_redis_round_trip_and_a_miss_two(
+    items: ItemTable, instances: Instances, scope: str | None
+) -> None:
+    await items.put(21, "lamp")
+    await items.put(22, "desk")
+    cache = instances.new()
+    sent = counting(cache)
+    # Warm-up: the connection, and the scripts loaded (a first call may need a SCRIPT LOAD).
+    await cache.get_or_load_json(ITEMS, "22", items.loader(22), scope=scope)
+
+    sent.sent = 0
+    miss = await cache.get_or_load_json(ITEMS, "21", items.loader(21), scope=scope)
+    assert sent.sent == 2  # read + lease in one script, then the store
+    assert miss is not None
+    assert miss.body == b'{"id":21,"name":"lamp","version":1}'
+    assert miss.etag == etag_of(miss.body)
+
+    sent.sent = 0
+    hit = await cache.get_or_load_json(ITEMS, "21", items.loader(21), scope=scope)
+    assert sent.sent == 1  # generation and entry read together
+    assert hit == miss  # the stored bytes and the ETag computed when they were stored
+    assert items.loads == 2
+    assert outcomes(cache) == {"miss": 2, "hit": 1}
+
+
+async def test_a_scope_moved_on_is_a_miss_in_two_round_trips_and_never_the_old_value(
+    items: ItemTable, instances: Instances
+) -> None:
+    await items.put(23, "before")
+    cache = instances.new()
+    sent = counting(cache)
+    await cache.get_or_load(ITEMS, "23", items.loader(23), scope="user-2")
+    await items.put(23, "after", version=2)
+    await cache.invalidate_scope("user-2")
+
+    sent.sent = 0
+    reread = await cache.get_or_load(ITEMS, "23", items.loader(23), scope="user-2")
+    assert reread is not None
+    assert reread.name == "after"
+    assert sent.sent == 2
+    assert items.loads == 2
 
 
 @pytest.mark.load

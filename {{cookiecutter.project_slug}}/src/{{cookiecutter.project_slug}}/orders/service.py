@@ -38,7 +38,7 @@ from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLin
 from {{ cookiecutter.project_slug }}.orders.tasks import send_order_confirmation
 from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.after_commit import AfterCommitJobs
-from {{ cookiecutter.project_slug }}.patterns.cache import Cache, CacheRegion
+from {{ cookiecutter.project_slug }}.patterns.cache import Cache, Cached, CacheRegion
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
 from {{ cookiecutter.project_slug }}.products.repository import (
     InventoryRepository,
@@ -235,7 +235,8 @@ async def get_order(session: AsyncSession, user: User, order_id: UUID) -> Order:
 
 async def list_orders(
     session: AsyncSession, cache: Cache, user: User, *, cursor: str | None, limit: int
-) -> Page[OrderSummary]:
+) -> Cached:
+    """The page as its JSON body: served from the cache as stored bytes."""
     try:
         after = NEWEST_FIRST.decode(cursor) if cursor else None
     except InvalidCursor as exc:
@@ -248,7 +249,7 @@ async def list_orders(
             items=[OrderSummary.model_validate(order) for order in items], next_cursor=next_cursor
         )
 
-    page = await cache.get_or_load(
+    page = await cache.get_or_load_json(
         ORDER_SUMMARIES, f"{cursor}:{limit}", load, scope=summaries_scope(user.id)
     )
     assert page is not None  # a listing always exists, if empty

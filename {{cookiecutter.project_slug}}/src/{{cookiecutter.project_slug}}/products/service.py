@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from {{ cookiecutter.project_slug }}.caching import invalidate_after_commit
 from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
 from {{ cookiecutter.project_slug }}.patterns import outbox
-from {{ cookiecutter.project_slug }}.patterns.cache import Cache, CacheRegion
+from {{ cookiecutter.project_slug }}.patterns.cache import Cache, Cached, CacheRegion
 from {{ cookiecutter.project_slug }}.patterns.http_cache import make_etag
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
 from {{ cookiecutter.project_slug }}.products.repository import (
@@ -37,8 +37,8 @@ PRODUCTS = CacheRegion("product", ProductRead, ttl=60, stale_ttl=300, negative_t
 CATALOG_PAGES = CacheRegion("catalog-page", Page[ProductRead], ttl=30, stale_ttl=120)
 # Every catalog page is one scope: any product write moves it on (docs/cache.md).
 CATALOG_SCOPE = "catalog"
-# Surrogate keys: a product's own page and every listing that shows it carry product-<id>;
-# every listing carries "catalog" too (a new product changes listings no page of it is on).
+# Surrogate keys: a product's own page carries product-<id>, every listing "catalog" (every
+# product write purges both, so a listing needs no per-product keys: its body stays bytes).
 CATALOG_KEY = "catalog"
 
 
@@ -139,7 +139,8 @@ async def list_products(
     cursor: str | None,
     limit: int,
     attributes: Mapping[str, Any] | None,
-) -> Page[ProductRead]:
+) -> Cached:
+    """The page as its JSON body and ETag: served from the cache as stored bytes."""
     try:
         after = CATALOG_ORDER.decode(cursor) if cursor else None
     except InvalidCursor as exc:
@@ -157,6 +158,6 @@ async def list_products(
     # One entry per distinct request: the filter in canonical form, so key order in the
     # query string does not split the cache.
     key = orjson.dumps([cursor, limit, attributes], option=orjson.OPT_SORT_KEYS).decode()
-    page = await cache.get_or_load(CATALOG_PAGES, key, load, scope=CATALOG_SCOPE)
+    page = await cache.get_or_load_json(CATALOG_PAGES, key, load, scope=CATALOG_SCOPE)
     assert page is not None  # a listing always exists, if empty
     return page
