@@ -145,7 +145,7 @@ async def test_register_is_limited_per_address_and_per_account(
             ).status_code
             for i in range(5)
         ]
-    assert codes == [201] * 4 + [429]
+    assert codes == [202] * 4 + [429]
     same_account = []
     for i in range(3):
         async with client_from(f"192.0.2.{30 + i}") as client:

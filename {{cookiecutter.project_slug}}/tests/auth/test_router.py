@@ -5,21 +5,23 @@ from uuid import uuid4
 
 import jwt
 import pytest
-from httpx import AsyncClient
-from sqlalchemy import update
+from httpx import AsyncClient, Response
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.auth.security import key_id
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.models import User
+from {{ cookiecutter.project_slug }}.models import Notification, User
 
 PASSWORD = "correct horse battery"
 
 
 async def register(client: AsyncClient, email: str = "ada@example.com") -> dict[str, object]:
+    """Register, then the account as /users/me shows it (the 202 does not say: see below)."""
     response = await client.post("/auth/register", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 201, response.text
-    body: dict[str, object] = response.json()
+    assert response.status_code == 202, response.text
+    me = await client.get("/users/me", headers=bearer(await login(client, email.lower())))
+    body: dict[str, object] = me.json()
     return body
 
 
@@ -34,14 +36,18 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def test_register_login_and_me(app_client: AsyncClient) -> None:
-    user = await register(app_client, "Ada@Example.com")
-    assert user["email"] == "ada@example.com"  # normalised
-    assert "password" not in str(user)
+async def test_register_login_and_me(app_client: AsyncClient, session: AsyncSession) -> None:
+    accepted = await app_client.post(
+        "/auth/register", json={"email": "Ada@Example.com", "password": PASSWORD}
+    )
+    assert accepted.json()["email"] == "ada@example.com"  # normalised
+    assert "password" not in accepted.text
     token = await login(app_client, "ada@example.com")
     response = await app_client.get("/users/me", headers=bearer(token))
     assert response.status_code == 200
-    assert response.json()["id"] == user["id"]
+    assert response.json()["email"] == "ada@example.com"
+    [welcome] = (await session.execute(select(Notification.subject))).scalars().all()
+    assert welcome == "Welcome"
 
 
 async def test_password_is_stored_as_an_argon2_hash(
@@ -53,13 +59,45 @@ async def test_password_is_stored_as_an_argon2_hash(
     assert PASSWORD not in user.password_hash
 
 
-async def test_registering_an_email_twice_is_a_409(app_client: AsyncClient) -> None:
-    await register(app_client)
-    response = await app_client.post(
-        "/auth/register", json={"email": "ADA@example.com", "password": PASSWORD}
+async def test_registering_a_taken_email_looks_the_same_and_tells_its_owner(
+    app_client: AsyncClient, session: AsyncSession
+) -> None:
+    """No account enumeration: a taken email gets the new one's status, headers and body;
+    the owner gets an email, the password and the account are unchanged."""
+    first = await app_client.post(
+        "/auth/register", json={"email": "ada@example.com", "password": PASSWORD}
     )
-    assert response.status_code == 409
-    assert response.json()["detail"] == "An account with this email already exists."
+    again = await app_client.post(
+        "/auth/register", json={"email": "ADA@example.com", "password": "another password!!"}
+    )
+    fresh = await app_client.post(
+        "/auth/register", json={"email": "bob@example.com", "password": PASSWORD}
+    )
+    assert first.status_code == again.status_code == fresh.status_code == 202
+    assert again.content == first.content
+    assert fresh.json() == {**again.json(), "email": "bob@example.com"}
+    ignored = {"date", "x-request-id", "content-length", "ratelimit", "ratelimit-policy"}
+
+    def shape(response: Response) -> set[str]:
+        return {name for name in response.headers if name not in ignored}
+
+    assert shape(again) == shape(fresh)
+    users = (await session.execute(select(User.email))).scalars().all()
+    assert sorted(users) == ["ada@example.com", "bob@example.com"]
+    await login(app_client, "ada@example.com")  # the first password still works
+    sent = (
+        await session.execute(
+            select(Notification.recipient, Notification.subject).order_by(
+                Notification.created_at, Notification.id
+            )
+        )
+    ).all()
+    assert [recipient for recipient, _ in sent] == [
+        "ada@example.com",
+        "ada@example.com",
+        "bob@example.com",
+    ]
+    assert sent[1].subject == "Someone tried to create an account with your email"
 
 
 async def test_short_passwords_are_rejected(app_client: AsyncClient) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,16 +43,37 @@ def compose_binary() -> str:
     return str(binary)
 
 
-def run(*command: str, cwd: Path = PROJECT_DIR) -> subprocess.CompletedProcess[str]:
+# compose.yaml has no default for SECRET_KEY (it refuses to start without one): the tests
+# resolve it as a deploy would, with one set.
+COMPOSE_SECRET_KEY = "compose-test-" + "k" * 40  # a test value, not a secret
+
+
+def run(
+    *command: str, cwd: Path = PROJECT_DIR, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
     )
+
+
+def compose_env(**overrides: str | None) -> dict[str, str]:
+    """The environment `docker compose` runs in: SECRET_KEY set, ``overrides`` applied (None
+    removes a variable)."""
+    env = {**os.environ, "SECRET_KEY": COMPOSE_SECRET_KEY}
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 @pytest.fixture(scope="session")
 def compose_config() -> dict[str, Any]:
     """compose.yaml as compose itself resolves it (anchors merged, defaults interpolated)."""
-    result = run(compose_binary(), "-f", "compose.yaml", "config", "--format", "json")
+    result = run(
+        compose_binary(), "-f", "compose.yaml", "config", "--format", "json", env=compose_env()
+    )
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = json.loads(result.stdout)
     return config

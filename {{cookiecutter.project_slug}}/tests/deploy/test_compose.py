@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from {{ cookiecutter.project_slug }}.config import DEV_SECRET
 from tests.deploy.conftest import (
     APP_SERVICES,
+    COMPOSE_SECRET_KEY,
     compose_binary,
+    compose_env,
     gateway_config,
     run,
     traefik_static,
@@ -24,9 +27,34 @@ def seconds(duration: str) -> float:
 
 
 def test_compose_config_is_valid() -> None:
-    result = run(compose_binary(), "-f", "compose.yaml", "config", "-q")
+    result = run(compose_binary(), "-f", "compose.yaml", "config", "-q", env=compose_env())
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""  # no warnings either
+
+
+def test_compose_refuses_to_start_without_a_secret_key() -> None:
+    """Fail closed: no published default signs tokens in a container. Unset or empty,
+    compose stops before creating anything and names the variable."""
+    for value in (None, ""):
+        result = run(
+            compose_binary(),
+            "-f",
+            "compose.yaml",
+            "config",
+            "-q",
+            env=compose_env(SECRET_KEY=value),
+        )
+        assert result.returncode != 0, value
+        assert "SECRET_KEY" in result.stderr, result.stderr
+
+
+def test_every_app_service_gets_the_secret_key_it_was_given(
+    compose_config: dict[str, Any],
+) -> None:
+    for name in APP_SERVICES:
+        environment = compose_config["services"][name]["environment"]
+        assert environment["SECRET_KEY"] == COMPOSE_SECRET_KEY, name
+        assert DEV_SECRET not in str(compose_config)
 
 
 def test_every_piece_of_the_topology_is_a_service(compose_config: dict[str, Any]) -> None:

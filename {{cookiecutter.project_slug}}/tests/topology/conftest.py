@@ -195,7 +195,7 @@ async def sign_up(gateway: str, email: str, password: str = "correct horse batte
     """Register through the gateway; return a bearer token obtained the same way."""
     async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
         body = {"email": email, "password": password}
-        assert (await client.post("/auth/register", json=body)).status_code == 201
+        assert (await client.post("/auth/register", json=body)).status_code == 202
         response = await client.post("/auth/login", json=body)
         assert response.status_code == 200, response.text
         token: str = response.json()["access_token"]

@@ -78,7 +78,7 @@ async def test_a_token_from_one_instance_works_on_every_other(stack: LocalStack)
     first, *others = instance_urls(stack)
     async with httpx.AsyncClient(timeout=10) as client:
         body = {"email": email, "password": password}
-        assert (await client.post(f"{first}/auth/register", json=body)).status_code == 201
+        assert (await client.post(f"{first}/auth/register", json=body)).status_code == 202
         login = await client.post(f"{first}/auth/login", json=body)
         token = login.json()["access_token"]
         # No session lives in the instance that issued the token: any other one accepts it.

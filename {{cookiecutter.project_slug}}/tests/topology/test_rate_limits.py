@@ -121,7 +121,7 @@ async def sign_up(edge: str, address: str) -> str:
     email = f"rl-{secrets.token_hex(4)}@example.com"
     async with client_from(address, edge) as client:
         body = {"email": email, "password": PASSWORD}
-        assert (await client.post("/auth/register", json=body)).status_code == 201
+        assert (await client.post("/auth/register", json=body)).status_code == 202
         response = await client.post("/auth/login", json=body)
         assert response.status_code == 200, response.text
         token: str = response.json()["access_token"]

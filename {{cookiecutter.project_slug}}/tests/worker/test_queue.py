@@ -299,7 +299,7 @@ async def staff_token(client: AsyncClient, engine: AsyncEngine) -> str:
     email = f"admin-{secrets.token_hex(4)}@example.com"
     password = "correct horse battery staple"
     response = await client.post("/auth/register", json={"email": email, "password": password})
-    assert response.status_code == 201, response.text
+    assert response.status_code == 202, response.text
     async with engine.begin() as connection:
         await connection.execute(
             text("UPDATE users SET is_staff = true WHERE email = :email"), {"email": email}

@@ -4,9 +4,16 @@ from fastapi import APIRouter, Request, status
 
 from {{ cookiecutter.project_slug }}.auth import service
 from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser
-from {{ cookiecutter.project_slug }}.auth.schemas import AccessToken, Login, Registration, UserRead
+from {{ cookiecutter.project_slug }}.auth.schemas import (
+    AccessToken,
+    Login,
+    Registration,
+    RegistrationAccepted,
+    UserRead,
+)
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
+from {{ cookiecutter.project_slug }}.notifications.notifier import create_notifier
 from {{ cookiecutter.project_slug }}.patterns.rate_limit import enforce
 from {{ cookiecutter.project_slug }}.postgres import DbSession, Sessions
 from {{ cookiecutter.project_slug }}.rate_limits import account_key, client_address, policies
@@ -14,14 +21,18 @@ from {{ cookiecutter.project_slug }}.rate_limits import account_key, client_addr
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/register", status_code=status.HTTP_201_CREATED)
-async def register(body: Registration, request: Request, session: DbSession) -> UserRead:
+@router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
+async def register(
+    body: Registration, request: Request, session: DbSession, settings: SettingsDep
+) -> RegistrationAccepted:
+    """The same 202 and body whether or not the email already has an account (no account
+    enumeration): the mailbox's owner is told by email which it was."""
     # Per address first (one client creating accounts), then per account (many addresses
     # hammering one email); both before the Argon2 hash.
     await enforce(request, policies(request).register_ip, client_address(request))
     await enforce(request, policies(request).register_account, account_key(body.email))
-    user = await service.register(session, body.email, body.password)
-    return UserRead.model_validate(user)
+    await service.register(session, create_notifier(settings.notifier), body.email, body.password)
+    return RegistrationAccepted(email=body.email)
 
 
 @router.post("/auth/login")

@@ -32,6 +32,16 @@ class UserRead(BaseModel):
     created_at: datetime
 
 
+class RegistrationAccepted(BaseModel):
+    """The answer to every valid registration, whether the email was free or taken."""
+
+    email: str
+    detail: str = (
+        "Registration received: we sent an email to this address. If the account is new, "
+        "you can sign in now."
+    )
+
+
 class AccessToken(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105  # a scheme name, not a secret

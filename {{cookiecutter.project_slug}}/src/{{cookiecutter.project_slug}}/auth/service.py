@@ -1,23 +1,58 @@
 from __future__ import annotations
 
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.auth.repository import UserRepository
 from {{ cookiecutter.project_slug }}.auth.security import hash_password, verify_and_update_password
-from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotAuthenticated
+from {{ cookiecutter.project_slug }}.exceptions import NotAuthenticated
 from {{ cookiecutter.project_slug }}.models import User
+from {{ cookiecutter.project_slug }}.notifications.notifier import Message, Notifier
 
 log = structlog.get_logger(__name__)
 
 
-async def register(session: AsyncSession, email: str, password: str) -> User:
+async def register(
+    session: AsyncSession, notifier: Notifier, email: str, password: str
+) -> User | None:
+    """Create the account, or tell the owner of an existing one; the caller cannot tell which.
+
+    Both paths hash the password, write one row and queue one email to ``email``: a welcome
+    for a new account, "someone tried to sign up with your address" for a taken one. Only the
+    mailbox's owner learns the address has an account. Returns the new user, or ``None``.
+    """
     password_hash = await hash_password(password)
     user = await UserRepository(session).insert_if_absent(email, password_hash)
     if user is None:
-        raise Conflict("An account with this email already exists.")
+        existing = await UserRepository(session).get_by_email(email)
+        await notifier.send(
+            session,
+            Message(
+                recipient=email,
+                subject="Someone tried to create an account with your email",
+                body=(
+                    "An account with this email already exists. If this was you, sign in, or "
+                    "reset your password if you forgot it. If not, you can ignore this email: "
+                    "nothing changed."
+                ),
+                # One per attempt; the per-account register limit bounds how many.
+                idempotency_key=f"account-exists:{existing.id if existing else email}:"
+                f"{uuid4().hex}",
+            ),
+        )
+        log.info("user.register_existing")
+        return None
+    await notifier.send(
+        session,
+        Message(
+            recipient=email,
+            subject="Welcome",
+            body="Your account is ready: sign in with this email and your password.",
+            idempotency_key=f"welcome:{user.id}",
+        ),
+    )
     log.info("user.registered", user_id=str(user.id))
     return user
 
