@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_redis
 from {{ cookiecutter.project_slug }}.devstack.topology import (
     GATEWAY_UNLIMITED,
     LocalStack,
@@ -108,12 +110,51 @@ def listens(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+class StackRedis:
+    """The shared stack's own Redis (REDIS_URL: cache, broker, limiter, streams, schedule),
+    with an AOF as production runs it, so a proof can SIGKILL it and start it again on the
+    same port and data; the suite's Redis on 6379 is never touched."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.server: RunningServer = start_redis(data_dir=data_dir)
+        self.url = self.server.url
+        self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no final write; returns once the port is closed."""
+        assert self.server.pid is not None
+        os.kill(self.server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while listens(self.port):
+            assert time.monotonic() < deadline, "the killed Redis still listens"
+            time.sleep(0.02)
+
+    def restart(self) -> None:
+        self.server = start_redis(port=self.port, data_dir=self.data_dir)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="package")
+def stack_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackRedis]:
+    redis = StackRedis(tmp_path_factory.mktemp("stack-redis"))
+    yield redis
+    redis.stop()
+
+
 @pytest.fixture(scope="package")
 async def stack(
-    tmp_path_factory: pytest.TempPathFactory, worker_id: str
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, stack_redis: StackRedis
 ) -> AsyncIterator[LocalStack]:
-    """One stack with three API instances, shared by every test that leaves it intact."""
-    running, database = await start_stack(new_slot(tmp_path_factory.mktemp("shared")), worker_id)
+    """One stack with three API instances, shared by every test that leaves it intact (or,
+    like the Redis outage proof, puts it back as it was)."""
+    running, database = await start_stack(
+        new_slot(tmp_path_factory.mktemp("shared")),
+        worker_id,
+        extra_env={"REDIS_URL": stack_redis.url},
+    )
     yield running
     assert_nothing_left_running(running)
     await drop_database(database)

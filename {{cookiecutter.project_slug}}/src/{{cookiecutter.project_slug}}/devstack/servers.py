@@ -190,11 +190,18 @@ def start_postgres(
     )
 
 
-def start_redis(*, port: int | None = None) -> RunningServer:
+def start_redis(*, port: int | None = None, data_dir: Path | None = None) -> RunningServer:
+    """A Redis on ``port`` (a free one if not given). With ``data_dir`` it keeps an AOF there
+    (fsync every write, as a broker's Redis should run), so a restart on the same port and
+    directory comes back with its queues, streams and schedule; without, it keeps nothing."""
     binary = _find_binary("redis-server", ["/usr/local/opt/redis/bin/redis-server"])
     if not binary:
         raise ServerUnavailable(f"redis-server not found: {REDIS_HINT}")
     port = port or free_port()
+    persistence = ["--appendonly", "no"]
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(data_dir)]
     process = subprocess.Popen(
         [
             binary,
@@ -204,8 +211,7 @@ def start_redis(*, port: int | None = None) -> RunningServer:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *persistence,
             "--daemonize",
             "no",
             "--loglevel",
