@@ -12,6 +12,11 @@ vcl 4.1;
 #   stored into it: its answer is the caller's own;
 # - concurrent misses for one object wait for one backend fetch (Varnish's waiting list): the
 #   origin sees one request per object per TTL, however many clients ask;
+# - stale-if-error (RFC 5861): an object whose Cache-Control says `stale-if-error=N` is kept N
+#   seconds past its TTL. Within `stale-while-revalidate` it is served as above; past that, a
+#   request refreshes it synchronously and, when the origin fails (a 5xx, or no answer after the
+#   retries), the request is restarted to serve the stale copy instead (`X-Cache: STALE`). Past
+#   N, the failure is the answer: a 503 problem+json;
 # - objects are tagged with the keys of the response's `xkey` header; `PURGE` with an
 #   `xkey-purge: k1 k2` header drops every object tagged with any of them, and is accepted only
 #   from the `purgers` network below.
@@ -34,6 +39,20 @@ acl purgers {
 }
 
 sub vcl_recv {
+    # Set only by this VCL, on the restart after an origin failure (vcl_synth): never believed
+    # from a client.
+    if (req.restarts == 0) {
+        unset req.http.X-Edge-Refresh;
+        unset req.http.X-Edge-Stale-If-Error;
+        unset req.http.X-Edge-Stale;
+    }
+    # vcl_hit asked for a synchronous refresh: no grace on this lookup, so it is a miss. Any
+    # other lookup (req.grace survives a restart) takes the object's own grace.
+    if (req.http.X-Edge-Refresh) {
+        set req.grace = 0s;
+    } else {
+        set req.grace = 3650d;
+    }
     # The edge's own health, answered here: a health check of the edge must not depend on the
     # API behind it.
     if (req.url == "/.edge/health") {
@@ -91,7 +110,48 @@ sub vcl_recv {
     return (hash);
 }
 
+sub vcl_hit {
+    # Fresh, or within the object's stale-while-revalidate (X-Edge-Swr, recorded at fetch):
+    # deliver; a stale one starts one background refresh. Objects from before this rule have no
+    # X-Edge-Swr and keep Varnish's own grace.
+    if (!obj.http.X-Edge-Swr || obj.ttl + std.duration(obj.http.X-Edge-Swr + "s", 0s) >= 0s) {
+        return (deliver);
+    }
+    # Past that, the grace left is the stale-if-error allowance, for when the origin fails: on
+    # the restart after a failed refresh, serve the stale copy.
+    if (req.http.X-Edge-Stale-If-Error) {
+        set req.http.X-Edge-Stale = "1";
+        return (deliver);
+    }
+    # Otherwise refresh it now, as if it had expired (vcl_hit cannot return miss in 7.x: the
+    # restarted lookup ignores grace instead).
+    set req.http.X-Edge-Refresh = "1";
+    return (restart);
+}
+
+sub vcl_miss {
+    # The restart after an origin failure found no stale copy (none, or past its
+    # stale-if-error): the failure is the answer, without asking the origin again.
+    if (req.http.X-Edge-Stale-If-Error) {
+        return (synth(503, "Service Unavailable"));
+    }
+}
+
 sub vcl_synth {
+    if (resp.status == 503 && !req.http.X-Edge-Stale-If-Error && req.method ~ "^(GET|HEAD)$") {
+        # A refresh of a cacheable object failed (vcl_backend_response / vcl_backend_error
+        # abandoned it): look it up again, now accepting a copy within stale-if-error.
+        unset req.http.X-Edge-Refresh;
+        set req.http.X-Edge-Stale-If-Error = "1";
+        return (restart);
+    }
+    if (resp.status == 503) {
+        set resp.http.Content-Type = "application/problem+json";
+        set resp.http.Cache-Control = "private, no-store";
+        set resp.http.Retry-After = "5";
+        set resp.body = {"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"The service is unavailable and the edge holds no copy of this resource it may still serve. Try again shortly." }"};
+        return (deliver);
+    }
     if (resp.status == 413) {
         # The body was never read: close rather than read it to keep the connection.
         set resp.http.Connection = "close";
@@ -121,6 +181,12 @@ sub vcl_backend_response {
             && bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 2) {
         return (retry);
     }
+    # A cacheable object the origin failed to refresh: never stored over the stale copy. A
+    # background refresh is dropped (the stale copy stays); a foreground one goes to vcl_synth,
+    # which restarts the request to look for a copy within stale-if-error.
+    if (beresp.status >= 500 && !bereq.uncacheable) {
+        return (abandon);
+    }
     # Whole responses: a body cut short (an instance killed between writing the headers and the
     # body) is a failed fetch here, retried below, never a truncated response to the client.
     # Event streams are the exception: they are sent as they come.
@@ -147,6 +213,15 @@ sub vcl_backend_response {
     # After TTL + grace, keep the object a while longer to revalidate it with the origin
     # (If-None-Match with its ETag: a 304 costs the origin no body).
     set beresp.keep = 10m;
+    # stale-if-error=N: kept N seconds past the TTL (the grace), served past its
+    # stale-while-revalidate only when the origin fails (vcl_hit). X-Edge-Swr remembers the
+    # stale-while-revalidate Varnish read as the grace; vcl_deliver drops it.
+    set beresp.http.X-Edge-Swr = "" + beresp.grace;
+    if (beresp.http.Cache-Control ~ "(?i)stale-if-error=[0-9]+") {
+        set beresp.grace = std.duration(
+            regsub(beresp.http.Cache-Control, "(?i)^.*stale-if-error=([0-9]+).*$", "\1s"),
+            beresp.grace);
+    }
     if (beresp.http.Content-Type ~ "(?i)json") {
         # Compressed once here, served compressed to every client that accepts it.
         set beresp.do_gzip = true;
@@ -159,15 +234,28 @@ sub vcl_backend_error {
     if (bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 2) {
         return (retry);
     }
+    # Then, for a cacheable object, the stale-if-error path (see vcl_backend_response).
+    if (!bereq.uncacheable) {
+        return (abandon);
+    }
+    set beresp.http.Content-Type = "application/problem+json";
+    set beresp.http.Cache-Control = "private, no-store";
+    set beresp.http.Retry-After = "5";
+    set beresp.body = {"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"The edge got no answer from the service. Try again shortly." }"};
+    return (deliver);
 }
 
 sub vcl_deliver {
     # Purge keys are for the edge; clients need not see them.
     unset resp.http.xkey;
     unset resp.http.Surrogate-Key;
+    unset resp.http.X-Edge-Swr;
     # Where the answer came from, for people and for the proofs.
     if (obj.uncacheable) {
         set resp.http.X-Cache = "PASS";
+    } elsif (req.http.X-Edge-Stale) {
+        # Served past stale-while-revalidate because the origin failed (stale-if-error).
+        set resp.http.X-Cache = "STALE";
     } elsif (obj.hits > 0) {
         set resp.http.X-Cache = "HIT";
     } else {

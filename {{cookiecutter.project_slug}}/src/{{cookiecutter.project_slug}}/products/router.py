@@ -28,8 +28,12 @@ MAX_PAGE_SIZE = 100
 
 # Public and the same for everyone: browsers keep it briefly (they cannot be purged), the edge
 # for five minutes (it is purged on every write), and both serve it stale for a minute while
-# they refetch. Everything else in the API is private, no-store (patterns/http_cache.py).
-CATALOG = CachePolicy.public(max_age=10, s_maxage=300, stale_while_revalidate=60)
+# they refetch; the edge serves it up to an hour stale while the origin fails (stale-if-error,
+# deploy/varnish/default.vcl). Everything else in the API is private, no-store
+# (patterns/http_cache.py).
+CATALOG = CachePolicy.public(
+    max_age=10, s_maxage=300, stale_while_revalidate=60, stale_if_error=3600
+)
 
 
 def _attribute_filter(raw: str | None) -> dict[str, Any] | None:
