@@ -98,6 +98,8 @@ def _stack_ports() -> dict[str, str]:
             "EDGE_PORT": str(base + 22),
             "S3_PORT": str(base + 23),
             "S3_INTERNAL_PORTS_FROM": str(base + 30),
+            "PROMETHEUS_PORT": str(base + 24),
+            "METRICS_PORTS_FROM": str(base + 40),
         }
         settings = StackSettings.model_validate(
             {key.lower(): value for key, value in env.items()} | {"api_instances": INSTANCES}

@@ -159,6 +159,11 @@ class Settings(DatabaseSettings):
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     # 0.0.0.0 in a container, so Prometheus can reach it; loopback on a laptop.
     worker_metrics_host: str = "127.0.0.1"
+    # Prometheus endpoints of beat, the relay and the consumers (0 = off), on the same host:
+    # process CPU and memory, and what each one counts (docs/observability.md).
+    beat_metrics_port: int = Field(default=0, ge=0, le=65535)
+    relay_metrics_port: int = Field(default=0, ge=0, le=65535)
+    consumers_metrics_port: int = Field(default=0, ge=0, le=65535)
     # How the app tells people things: "outbox" rows (default) or log lines.
     notifier: Literal["outbox", "log"] = "outbox"
 

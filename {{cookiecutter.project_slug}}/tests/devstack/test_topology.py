@@ -44,6 +44,8 @@ def stack_settings() -> StackSettings:
             "edge_port": 9100,
             "s3_port": 9133,
             "s3_internal_ports_from": 19130,
+            "prometheus_port": 9190,
+            "metrics_ports_from": 9150,
         }
     )
 
@@ -51,7 +53,7 @@ def stack_settings() -> StackSettings:
 def test_rendered_configs_bind_loopback_on_the_configured_ports(
     stack_settings: StackSettings, tmp_path: Path
 ) -> None:
-    env = render_configs(stack_settings, PROJECT_DIR, tmp_path, edge=True)
+    env = render_configs(stack_settings, PROJECT_DIR, tmp_path, without=set())
 
     traefik = yaml.safe_load((tmp_path / "traefik" / "traefik.yml").read_text())
     assert traefik["entryPoints"]["web"]["address"] == "127.0.0.1:9180"
@@ -80,10 +82,41 @@ def test_rendered_configs_bind_loopback_on_the_configured_ports(
     assert env["S3_ENDPOINT_URL"] == "http://127.0.0.1:9133"
 
 
+def test_the_local_prometheus_scrapes_every_process_with_the_deploy_rules(
+    stack_settings: StackSettings, tmp_path: Path
+) -> None:
+    env = render_configs(stack_settings, PROJECT_DIR, tmp_path, without=set())
+    rendered = tmp_path / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(rendered.read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
+    }
+    assert targets["api"] == ["127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103"]
+    assert targets["gateway"] == ["127.0.0.1:9182"]
+    ports = {"worker": 9150, "beat": 9151, "relay": 9152, "consumers": 9153}
+    ports |= {"postgres": 9154, "redis": 9155, "edge": 9156}
+    assert {job: hosts for job, hosts in targets.items() if job in ports} == {
+        job: [f"127.0.0.1:{port}"] for job, port in ports.items()
+    }
+    for variable, job in [("WORKER_METRICS_PORT", "worker"), ("BEAT_METRICS_PORT", "beat")]:
+        assert env[variable] == str(ports[job])
+    assert [Path(path).parent for path in config["rule_files"]] == [
+        PROJECT_DIR / "deploy" / "prometheus" / "rules"
+    ] * 3
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: `apt-get install prometheus`"
+    subprocess.run([promtool, "check", "config", str(rendered)], check=True, capture_output=True)
+
+    # A missing exporter is a missing target, not a target that is always down.
+    render_configs(stack_settings, PROJECT_DIR, tmp_path, without={"edge", "redis_exporter"})
+    jobs = {job["job_name"] for job in yaml.safe_load(rendered.read_text())["scrape_configs"]}
+    assert jobs == {"api", "gateway", "worker", "beat", "relay", "consumers", "postgres"}
+
+
 def test_the_rest_of_the_static_gateway_config_is_the_compose_one(
     stack_settings: StackSettings, tmp_path: Path
 ) -> None:
-    render_configs(stack_settings, PROJECT_DIR, tmp_path, edge=True)
+    render_configs(stack_settings, PROJECT_DIR, tmp_path, without=set())
     local = yaml.safe_load((tmp_path / "traefik" / "traefik.yml").read_text())
     shared = yaml.safe_load((PROJECT_DIR / "deploy" / "traefik" / "traefik.yml").read_text())
     for key in ("serversTransport", "metrics", "ping", "global", "log"):
@@ -121,6 +154,10 @@ def test_the_procfile_runs_every_piece_of_the_topology() -> None:
         "beat",
         "relay",
         "consumers",
+        "prometheus",
+        "postgres_exporter",
+        "redis_exporter",
+        "edge_exporter",
     }
     assert "edge" not in load_procfile(PROJECT_DIR / "Procfile", without={"edge"})
     # exec: the PID honcho reports is the server's own, so a signal reaches the server.

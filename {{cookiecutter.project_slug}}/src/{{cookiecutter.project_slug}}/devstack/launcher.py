@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
 import time
@@ -33,10 +32,12 @@ from {{ cookiecutter.project_slug }}.devstack.lifetime import Owned, StackRunnin
 from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, provide_services
 from {{ cookiecutter.project_slug }}.devstack.topology import (
     LOCAL_DRAIN_SECONDS,
+    OPTIONAL,
     STATE_FILE,
     StackSettings,
     Topology,
     missing_binaries,
+    optional_missing,
     ports_in_use,
     render_configs,
     write_state_file,
@@ -48,6 +49,10 @@ from {{ cookiecutter.project_slug }}.seed import seed_sample_data
 VARNISH_HINT = (
     "edge: varnishd not found, so the stack runs without the CDN edge and the gateway serves "
     "directly (install it with `apt-get install varnish` or `brew install varnish`)."
+)
+OBSERVABILITY_HINT = (
+    "the stack runs without them (Debian: `apt-get install prometheus "
+    "prometheus-postgres-exporter prometheus-redis-exporter prometheus-varnish-exporter`)."
 )
 
 
@@ -92,9 +97,13 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
             f"as {state_file} recorded.",
             flush=True,
         )
-    edge = shutil.which("varnishd", path=environ["PATH"]) is not None
+    without = optional_missing(environ)
+    edge = "edge" not in without
     if not edge:
         print(VARNISH_HINT, flush=True)
+    left_out = sorted(OPTIONAL[name] for name in without - {"edge", "edge_exporter"})
+    if left_out:
+        print(f"observability: {', '.join(left_out)} not installed; {OBSERVABILITY_HINT}")
     busy = ports_in_use(stack.named_ports(edge=edge))
     if busy:
         clashes = ", ".join(f"{port} ({name})" for name, port in busy.items())
@@ -115,7 +124,9 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         on_start=lambda server: record_server(state_file, servers, server),
     )
     try:
-        env = {**environ, **urls, **render_configs(stack, project_dir, state_dir, edge=edge)}
+        env = {**environ, **urls, **render_configs(stack, project_dir, state_dir, without=without)}
+        # The Postgres exporter speaks libpq, not SQLAlchemy's driver-qualified URL.
+        env["DATA_SOURCE_NAME"] = libpq_url(env["DATABASE_URL"])
         env.setdefault("ENVIRONMENT", "development")
         env.setdefault("DRAIN_SECONDS", LOCAL_DRAIN_SECONDS)
         # Locally everything is on loopback: the gateway connects from 127.0.0.1.
@@ -131,13 +142,27 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         if seed:
             asyncio.run(seed_sample_data(env["DATABASE_URL"]))
         topology = Topology(
-            stack, project_dir, env, edge=edge, started_at=launched, servers=servers
+            stack,
+            project_dir,
+            env,
+            edge=edge,
+            without=without,
+            started_at=launched,
+            servers=servers,
         )
         return topology.run()
     finally:
         for server in reversed(started):
             server.stop()
         state_file.unlink(missing_ok=True)  # last: everything it names is stopped
+
+
+def libpq_url(database_url: str) -> str:
+    """``postgresql+asyncpg://...`` -> ``postgresql://...`` (what libpq-based tools read)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
 
 
 def record_server(state_file: Path, servers: list[Owned], server: RunningServer) -> None:

@@ -68,6 +68,19 @@ STATE_FILE = "stack.json"
 # measure. The rate-limit proofs keep it.
 GATEWAY_UNLIMITED = {"GATEWAY_RATE_AVERAGE": "1000000", "GATEWAY_RATE_BURST": "1000000"}
 REPLACEABLE = "api"  # the process type run API_INSTANCES times, behind the load balancer
+# Scrape jobs with a port from METRICS_PORTS_FROM, in order; the last three are exporters
+# (Debian's prometheus-*-exporter packages), each run only where its binary is installed.
+METRICS_JOBS = ("worker", "beat", "relay", "consumers", "postgres", "redis", "edge")
+# Procfile process -> the binary it needs; without it the launcher drops the line, and says so.
+OPTIONAL = {
+    "edge": "varnishd",
+    "prometheus": "prometheus",
+    "postgres_exporter": "prometheus-postgres-exporter",
+    "redis_exporter": "prometheus-redis-exporter",
+    "edge_exporter": "prometheus-varnish-exporter",
+}
+# The local Prometheus scrapes faster than production's 15 s: a change shows within seconds.
+LOCAL_SCRAPE_INTERVAL = "5s"
 
 
 class StackSettings(BaseSettings):
@@ -88,10 +101,17 @@ class StackSettings(BaseSettings):
     # SeaweedFS runs several servers; they take consecutive ports from here (and admin + 10000).
     s3_internal_ports_from: int = Field(default=18330, ge=1, le=55000)
     s3_bucket: str = "{{ cookiecutter.project_slug | replace('_', '-') }}"
+    prometheus_port: int = Field(default=9090, ge=1, le=65535)
+    # /metrics of the worker, beat, relay and consumers, then the exporters, consecutively.
+    metrics_ports_from: int = Field(default=9101, ge=1, le=65500)
     devstack_dir: Path = Path(".devstack")
 
     def api_ports(self) -> list[int]:
         return [self.api_port + index for index in range(self.api_instances)]
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Prometheus job name -> the port it scrapes (the API's are its own ports)."""
+        return {name: self.metrics_ports_from + i for i, name in enumerate(METRICS_JOBS)}
 
     def seaweedfs_ports(self) -> dict[str, int]:
         base = self.s3_internal_ports_from
@@ -119,6 +139,10 @@ class StackSettings(BaseSettings):
         if edge:
             named["EDGE_PORT"] = self.edge_port
         named["S3_PORT"] = self.s3_port
+        named["PROMETHEUS_PORT"] = self.prometheus_port
+        named |= {
+            f"METRICS_PORTS_FROM ({name})": port for name, port in self.metrics_ports().items()
+        }
         named |= {
             f"S3_INTERNAL_PORTS_FROM ({name})": port
             for name, port in self.seaweedfs_ports().items()
@@ -147,7 +171,7 @@ def _yaml() -> Any:
 
 
 def render_configs(
-    stack: StackSettings, project_dir: Path, state_dir: Path, *, edge: bool
+    stack: StackSettings, project_dir: Path, state_dir: Path, *, without: set[str]
 ) -> dict[str, str]:
     """Write the local copies of the deploy/ configs; return the environment the processes need."""
     yaml = _yaml()
@@ -197,8 +221,19 @@ def render_configs(
     }
     (seaweedfs / "options").write_text("".join(f"{k}={v}\n" for k, v in options.items()))
 
+    render_prometheus(stack, deploy, state_dir, without)
+
     upstreams = ",".join(f"http://127.0.0.1:{port}" for port in stack.api_ports())
+    metrics = stack.metrics_ports()
     return {
+        "PROMETHEUS_PORT": str(stack.prometheus_port),
+        "WORKER_METRICS_PORT": str(metrics["worker"]),
+        "BEAT_METRICS_PORT": str(metrics["beat"]),
+        "RELAY_METRICS_PORT": str(metrics["relay"]),
+        "CONSUMERS_METRICS_PORT": str(metrics["consumers"]),
+        "POSTGRES_EXPORTER_PORT": str(metrics["postgres"]),
+        "REDIS_EXPORTER_PORT": str(metrics["redis"]),
+        "EDGE_EXPORTER_PORT": str(metrics["edge"]),
         "PROJECT_DIR": str(project_dir),
         "DEVSTACK_DIR": str(state_dir),
         "API_UPSTREAMS": upstreams,
@@ -210,6 +245,49 @@ def render_configs(
         "S3_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
         "S3_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY,
     }
+
+
+def scrape_targets(stack: StackSettings, without: set[str]) -> dict[str, list[str]]:
+    """Prometheus job -> host:port for every process of the local stack that serves metrics
+    (``without``: the Procfile processes left out)."""
+    local = "127.0.0.1:{}".format
+    targets = {
+        "api": [local(port) for port in stack.api_ports()],
+        "gateway": [local(stack.gateway_ops_port)],
+    }
+    for job, port in stack.metrics_ports().items():
+        if job not in without and f"{job}_exporter" not in without:
+            targets[job] = [local(port)]
+    return targets
+
+
+def render_prometheus(
+    stack: StackSettings, deploy: Path, state_dir: Path, without: set[str]
+) -> None:
+    """deploy/prometheus/prometheus.yml with local static targets and absolute rule paths."""
+    yaml = _yaml()
+    config = yaml.safe_load((deploy / "prometheus" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = LOCAL_SCRAPE_INTERVAL
+    config["global"]["evaluation_interval"] = LOCAL_SCRAPE_INTERVAL
+    config["rule_files"] = [str(deploy / "prometheus" / path) for path in config["rule_files"]]
+    config["scrape_configs"] = [
+        {"job_name": job, "static_configs": [{"targets": hosts}]}
+        for job, hosts in scrape_targets(stack, without).items()
+    ]
+    (state_dir / "prometheus").mkdir(parents=True, exist_ok=True)
+    header = "# Rendered by devstack/topology.py from deploy/prometheus/prometheus.yml.\n"
+    (state_dir / "prometheus" / "prometheus.yml").write_text(
+        header + yaml.safe_dump(config, sort_keys=False)
+    )
+
+
+def prometheus_targets_up(port: int) -> dict[str, bool]:
+    """Each scrape target's health, as Prometheus last saw it (empty before its first scrape)."""
+    status, body = _get(f"http://127.0.0.1:{port}/api/v1/targets")
+    if status != 200:
+        return {}
+    active = json.loads(body)["data"]["activeTargets"]
+    return {t["scrapeUrl"]: t["health"] == "up" for t in active}
 
 
 class OwnedProcess(Process):  # type: ignore[misc]  # honcho ships no type hints
@@ -429,6 +507,8 @@ class Topology:
     project_dir: Path
     env: dict[str, str]
     edge: bool = True
+    # Procfile processes left out because their binary is missing (see OPTIONAL).
+    without: set[str] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)
     # The servers the launcher started (Postgres, Redis), for the PID file.
     servers: list[Owned] = field(default_factory=list)
@@ -451,6 +531,8 @@ class Topology:
         }
         if self.edge:
             urls["edge"] = f"http://127.0.0.1:{self.stack.edge_port}"
+        if "prometheus" not in self.without:
+            urls["prometheus"] = f"http://127.0.0.1:{self.stack.prometheus_port}"
         for index, port in enumerate(self.stack.api_ports(), start=1):
             urls[f"api.{index}"] = f"http://127.0.0.1:{port}"
         return urls
@@ -464,6 +546,8 @@ class Topology:
         if sorted(url for url, ok in up.items() if ok) != sorted(instances):
             return False
         front = urls["edge"] if self.edge else urls["gateway"]
+        if "prometheus" in urls and _get(f"{urls['prometheus']}/-/ready")[0] != 200:
+            return False
         return _get(f"{front}/readyz")[0] == 200 and _get(f"{urls['s3']}/healthz")[0] == 200
 
     def watch_until_ready(self, manager: StackManager, timeout: float = 120.0) -> None:
@@ -510,6 +594,13 @@ class Topology:
             ("Readiness", f"{front}/readyz"),
             ("Gateway ops", f"{urls['gateway_ops']}/ping, /metrics"),
             ("S3", f"{urls['s3']}  bucket {self.stack.s3_bucket}"),
+            (
+                "Prometheus",
+                f"{urls['prometheus']}  (/targets: {len(scrape_targets(self.stack, self.without))}"
+                " jobs; /alerts: deploy/prometheus/rules)"
+                if "prometheus" in urls
+                else "not installed (`apt-get install prometheus`)",
+            ),
             ("Postgres", self.env["DATABASE_URL"]),
             ("Redis", self.env["REDIS_URL"]),
             ("Sample login", "demo@example.com / demo-password-123"),
@@ -522,9 +613,7 @@ class Topology:
 
     def run(self) -> int:
         """Run the Procfile under honcho until Ctrl-C/SIGTERM or a process that matters exits."""
-        processes = load_procfile(
-            self.project_dir / "Procfile", without=set() if self.edge else {"edge"}
-        )
+        processes = load_procfile(self.project_dir / "Procfile", without=self.without)
         drain = float(self.env.get("DRAIN_SECONDS", LOCAL_DRAIN_SECONDS))
         manager = StackManager(
             grace_seconds=drain + 5,
@@ -542,6 +631,15 @@ class Topology:
             manager.add_process(process.name, process.cmd, quiet=process.quiet, env=process.env)
         manager.loop()
         return int(manager.returncode or 0)
+
+
+def optional_missing(env: Mapping[str, str]) -> set[str]:
+    """The Procfile processes whose binary is not installed (the stack runs without them)."""
+    path = env.get("PATH")
+    missing = {name for name, binary in OPTIONAL.items() if shutil.which(binary, path=path) is None}
+    if "edge" in missing:
+        missing.add("edge_exporter")  # nothing to export
+    return missing
 
 
 def missing_binaries(env: Mapping[str, str]) -> list[str]:

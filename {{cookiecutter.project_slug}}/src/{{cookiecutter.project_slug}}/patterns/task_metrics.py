@@ -9,6 +9,9 @@ replaced (``max_tasks_per_child``, a crash) and nothing is counted twice.
 
 Needs: prometheus-client; :func:`enable_multiprocess` before any metric is created (the
 worker command calls it first), and :func:`serve_metrics` in the parent process.
+
+:func:`serve_publish_metrics` is beat's: ``celery_tasks_published_total{task}`` (every message
+the process sends) beside the process's own CPU and memory.
 """
 
 from __future__ import annotations
@@ -18,8 +21,17 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
+from celery.signals import before_task_publish
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    start_http_server,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -95,3 +107,19 @@ def serve_metrics(host: str, port: int, depths: Callable[[], Mapping[str, int]])
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueDepthCollector(depths))
     start_http_server(port, addr=host, registry=registry)
+
+
+def serve_publish_metrics(host: str, port: int, registry: CollectorRegistry | None = None) -> None:
+    """Count every task message this process publishes; serve it (and process metrics)."""
+    published = Counter(
+        "celery_tasks_published_total",
+        "Task messages this process sent, by task name.",
+        ["task"],
+        registry=registry,
+    )
+
+    def count(sender: Any = None, **_: Any) -> None:
+        published.labels(str(sender)).inc()
+
+    before_task_publish.connect(count, weak=False)
+    start_http_server(port, addr=host, registry=registry or REGISTRY)

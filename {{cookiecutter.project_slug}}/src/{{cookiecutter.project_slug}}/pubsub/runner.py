@@ -11,11 +11,13 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.caching import bind_invalidation, create_cache, create_purger
@@ -43,6 +45,23 @@ async def _beat(role: str, stop: asyncio.Event) -> None:
     path.unlink(missing_ok=True)
 
 
+class _Counts(Collector):
+    """What a relay or consumer process counted, read at scrape time."""
+
+    def __init__(self, read: Callable[[], Iterator[Metric]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._read()
+
+
+def _serve_metrics(settings: Settings, port: int, read: Callable[[], Iterator[Metric]]) -> None:
+    """This process's metrics (its counts, CPU, memory) on ``port``; 0 serves none."""
+    if port:
+        REGISTRY.register(_Counts(read))
+        start_http_server(port, addr=settings.worker_metrics_host)
+
+
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -65,6 +84,13 @@ async def run_relay(settings: Settings) -> None:
         batch_size=settings.outbox_batch_size,
         poll_interval=settings.outbox_poll_interval,
     )
+
+    def relay_counts() -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "outbox_relay_published", "Events this relay published", value=relay.published
+        )
+
+    _serve_metrics(settings, settings.relay_metrics_port, relay_counts)
     log.info("outbox.relay_started")
     stop = _stop_on_signals()
     try:
@@ -117,6 +143,20 @@ async def run_consumers(
         )
         for sub in subscriptions
     ]
+
+    def consumer_counts() -> Iterator[Metric]:
+        handled = CounterMetricFamily(
+            "events_consumer_handled", "Events handled, by group", labels=["group"]
+        )
+        duplicates = CounterMetricFamily(
+            "events_consumer_duplicates", "Redeliveries the inbox dropped", labels=["group"]
+        )
+        for consumer in consumers:
+            handled.add_metric([consumer.group], consumer.handled)
+            duplicates.add_metric([consumer.group], consumer.duplicates)
+        yield from (handled, duplicates)
+
+    _serve_metrics(settings, settings.consumers_metrics_port, consumer_counts)
     stop = _stop_on_signals()
     log.info("events.consumers_started", groups=[c.group for c in consumers], name=name)
     try:

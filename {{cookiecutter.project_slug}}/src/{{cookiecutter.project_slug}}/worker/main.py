@@ -25,6 +25,7 @@ from {{ cookiecutter.project_slug }}.patterns.task_metrics import (
     TaskMetrics,
     enable_multiprocess,
     serve_metrics,
+    serve_publish_metrics,
 )
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContextFactory
@@ -139,6 +140,8 @@ def run_beat(extra_args: list[str]) -> int:
     # gets the lock: a standby is healthy, it is waiting on purpose.
     heartbeat = Heartbeat("beat")
     beat_init.connect(lambda **_: heartbeat.start(), weak=False)
+    if settings.beat_metrics_port:
+        serve_publish_metrics(settings.worker_metrics_host, settings.beat_metrics_port)
     try:
         app.start(["beat", "--loglevel=INFO", *extra_args])
     finally:
