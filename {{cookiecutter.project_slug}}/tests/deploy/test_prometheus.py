@@ -5,6 +5,7 @@ promtool comes with Debian's ``prometheus`` package; the test fails (never skips
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, run
+from tests.deploy.conftest import DEPLOY, find, kustomize, pod_spec, run
 
 PROMETHEUS = DEPLOY / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
@@ -108,5 +109,80 @@ def test_compose_runs_prometheus_on_the_deploy_config(compose_config: dict[str, 
         for name in dns["names"]
     }
     assert hosts - services.keys() == set()
-    # The worker's metrics must be reachable from another container.
+    # The worker's metrics must be reachable from another container, and so must the others'.
     assert services["worker"]["environment"]["WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
+    for role in ("beat", "relay", "consumers"):
+        assert services[role]["environment"][f"{role.upper()}_METRICS_PORT"] == "9101"
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert jobs >= {"api", "worker", "beat", "relay", "consumers", "gateway", "edge"}
+
+
+# The Kubernetes workloads Prometheus scrapes, and the container port name it keeps for each.
+SCRAPED = {"api": "http", "worker": "metrics", "beat": "metrics"}
+SCRAPED |= {"relay": "metrics", "consumers": "metrics"}
+
+
+def test_the_kubernetes_scrape_config_checks_and_uses_the_same_rules(
+    promtool: str, tmp_path: Path
+) -> None:
+    config = _load(PROMETHEUS / "kubernetes.yml")
+    assert {PROMETHEUS / name for name in config["rule_files"]} == set(RULE_FILES)
+    # Debian builds Prometheus without Kubernetes discovery, so promtool here rejects the
+    # kubernetes_sd_configs block itself: check its shape, and let promtool check the rest
+    # (relabeling, intervals, the rule files) with a static target in its place.
+    for job in config["scrape_configs"]:
+        [discovery] = job.pop("kubernetes_sd_configs")
+        assert discovery["role"] == "pod"
+        job["static_configs"] = [{"targets": ["127.0.0.1:9101"]}]
+    config["rule_files"] = [str(PROMETHEUS / name) for name in config["rule_files"]]
+    (tmp_path / "kubernetes.yml").write_text(yaml.safe_dump(config))
+    result = run(promtool, "check", "config", "kubernetes.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_kubernetes_workload_exposes_the_port_prometheus_keeps(
+    production: list[dict[str, Any]],
+) -> None:
+    config = _load(PROMETHEUS / "kubernetes.yml")
+    [app] = [job for job in config["scrape_configs"] if job["job_name"] == "app"]
+    keep = [r for r in app["relabel_configs"] if r.get("action") == "keep"][-1]["regex"]
+    settings = find(production, "ConfigMap", "app-config")["data"]
+    assert settings["WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104  # the pod address
+    for component, port_name in SCRAPED.items():
+        [workload] = [
+            m
+            for m in production
+            if m["kind"] == "Deployment"
+            and m["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+            == component
+        ]
+        [container] = pod_spec(workload)["containers"]
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert port_name in ports, (component, ports)
+        assert re.fullmatch(keep, f"{component};{port_name}"), (component, keep)
+        if port_name == "metrics":
+            assert settings[f"{component.upper()}_METRICS_PORT"] == str(ports["metrics"])
+
+
+def test_the_podmonitor_selects_every_scraped_workload(production: list[dict[str, Any]]) -> None:
+    [monitor] = kustomize(DEPLOY / "k8s" / "monitoring")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["kind"] == "PodMonitor"
+    spec = monitor["spec"]
+    assert {e["port"] for e in spec["podMetricsEndpoints"]} == set(SCRAPED.values())
+    selector = spec["selector"]["matchLabels"]
+    for component in SCRAPED:
+        workload = next(
+            m
+            for m in production
+            if m["kind"] == "Deployment"
+            and m["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+            == component
+        )
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), component
+        assert spec["jobLabel"] in labels
+    assert (
+        monitor["metadata"]["namespace"]
+        == find(production, "Namespace", monitor["metadata"]["namespace"])["metadata"]["name"]
+    )
