@@ -24,6 +24,7 @@ from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.auth.user_cache import UserCache
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
 from {{ cookiecutter.project_slug }}.config import Environment, Settings
+from {{ cookiecutter.project_slug }}.faults.injection import FaultInjectionMiddleware
 from {{ cookiecutter.project_slug }}.faults.router import router as faults_router
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
 from {{ cookiecutter.project_slug }}.jobs.router import router as jobs_router
@@ -181,6 +182,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # RateLimit-Policy / RateLimit on every response a policy counted, 429s included.
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    if settings.environment is Environment.test and (
+        settings.fault_error_rate or settings.fault_delay_seconds
+    ):
+        # Inside the metrics middleware, so the injected failures and delays are counted.
+        app.add_middleware(
+            FaultInjectionMiddleware,
+            error_rate=settings.fault_error_rate,
+            delay_seconds=settings.fault_delay_seconds,
+        )
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(

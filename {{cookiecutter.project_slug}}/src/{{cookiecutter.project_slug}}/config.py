@@ -283,6 +283,11 @@ class Settings(DatabaseSettings):
     # "https://shop.example.com". Empty: no cross-origin browser access at all. "*" is refused
     # outside development and test.
     cors_allow_origins: str = ""
+    # --- fault injection (ENVIRONMENT=test only; faults/injection.py) ---
+    # The bad canary of the canary proofs: this fraction of requests fails with a 500, and
+    # every request waits this long first. Refused in any other environment.
+    fault_error_rate: float = Field(default=0.0, ge=0, le=1)
+    fault_delay_seconds: float = Field(default=0.0, ge=0, le=10)
 
     @field_validator(
         "rate_limit_user",
@@ -338,6 +343,17 @@ class Settings(DatabaseSettings):
             raise ValueError(
                 "CELERY_VISIBILITY_TIMEOUT must exceed JOB_HARD_TIME_LIMIT and "
                 "JOB_RETRY_BACKOFF_MAX_SECONDS, or running jobs are delivered twice"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _faults_only_in_test(self) -> Self:
+        if self.environment is not Environment.test and (
+            self.fault_error_rate or self.fault_delay_seconds
+        ):
+            raise ValueError(
+                "FAULT_ERROR_RATE and FAULT_DELAY_SECONDS inject failures on purpose and are "
+                f"refused when ENVIRONMENT={self.environment.value}; set them to 0"
             )
         return self
 

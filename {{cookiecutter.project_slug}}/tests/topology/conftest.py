@@ -66,7 +66,11 @@ def free_stack_ports(instances: int) -> dict[str, str]:
 
 
 async def start_stack(
-    slot: dict[str, str], worker_id: str, extra_env: dict[str, str] | None = None
+    slot: dict[str, str],
+    worker_id: str,
+    extra_env: dict[str, str] | None = None,
+    *,
+    instances: int = INSTANCES,
 ) -> tuple[LocalStack, str]:
     global _stacks_started
     _stacks_started += 1
@@ -89,7 +93,7 @@ async def start_stack(
         **GATEWAY_UNLIMITED,
         **(extra_env or {}),
     }
-    stack = LocalStack.start(PROJECT_DIR, env, instances=INSTANCES)
+    stack = LocalStack.start(PROJECT_DIR, env, instances=instances)
     return stack, database
 
 

@@ -75,8 +75,10 @@ async def run_load(
     connections: int = 30,
     headers: dict[str, str] | None = None,
     reply_timeout: float = 10.0,
+    stop: asyncio.Event | None = None,
 ) -> LoadResult:
-    """GET ``path`` on 127.0.0.1:``port`` from ``connections`` clients for ``seconds``."""
+    """GET ``path`` on 127.0.0.1:``port`` from ``connections`` clients for ``seconds``, or
+    until ``stop`` is set."""
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode()
     started = time.monotonic()
@@ -86,7 +88,7 @@ async def run_load(
     async def client() -> None:
         writer: asyncio.StreamWriter | None = None
         reader: asyncio.StreamReader | None = None
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             try:
                 if writer is None or reader is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 from {{ cookiecutter.project_slug }}.config import Settings
+from {{ cookiecutter.project_slug }}.devstack.canary import (
+    CanarySettings,
+    canary_processes,
+    enable_canary,
+)
 from {{ cookiecutter.project_slug }}.devstack.lifetime import Owned, StackRunning, clear_stale_stack
 from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, provide_services
 from {{ cookiecutter.project_slug }}.devstack.topology import (
@@ -104,7 +109,8 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
     left_out = sorted(OPTIONAL[name] for name in without - {"edge", "edge_exporter"})
     if left_out:
         print(f"observability: {', '.join(left_out)} not installed; {OBSERVABILITY_HINT}")
-    busy = ports_in_use(stack.named_ports(edge=edge))
+    canary = CanarySettings()
+    busy = ports_in_use(stack.named_ports(edge=edge) | canary.named_ports(stack))
     if busy:
         clashes = ", ".join(f"{port} ({name})" for name, port in busy.items())
         print(
@@ -127,6 +133,7 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         env = {**environ, **urls, **render_configs(stack, project_dir, state_dir, without=without)}
         # The Postgres exporter speaks libpq, not SQLAlchemy's driver-qualified URL.
         env["DATA_SOURCE_NAME"] = libpq_url(env["DATABASE_URL"])
+        env |= enable_canary(canary, stack, project_dir, state_dir)
         env.setdefault("ENVIRONMENT", "development")
         env.setdefault("DRAIN_SECONDS", LOCAL_DRAIN_SECONDS)
         # Locally everything is on loopback: the gateway connects from 127.0.0.1.
@@ -149,6 +156,7 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
             without=without,
             started_at=launched,
             servers=servers,
+            extra_processes=canary_processes(canary, stack, env),
         )
         return topology.run()
     finally:

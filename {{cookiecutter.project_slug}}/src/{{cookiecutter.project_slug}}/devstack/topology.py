@@ -512,6 +512,8 @@ class Topology:
     started_at: float = field(default_factory=time.monotonic)
     # The servers the launcher started (Postgres, Redis), for the PID file.
     servers: list[Owned] = field(default_factory=list)
+    # (name, command, environment) run beside the Procfile's: the canary group (canary.py).
+    extra_processes: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     _state_extra: dict[str, object] = field(default_factory=dict, init=False, repr=False)
     _state_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -629,6 +631,8 @@ class Topology:
             port=self.stack.api_port,
         ):
             manager.add_process(process.name, process.cmd, quiet=process.quiet, env=process.env)
+        for name, command, env in self.extra_processes:
+            manager.add_process(name, command, env=env)
         manager.loop()
         return int(manager.returncode or 0)
 
