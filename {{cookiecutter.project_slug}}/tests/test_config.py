@@ -164,3 +164,11 @@ async def test_a_preflight_from_a_listed_origin_is_allowed_and_from_another_is_n
     assert allowed.headers["access-control-allow-origin"] == "https://shop.example.com"
     assert "access-control-allow-credentials" not in allowed.headers
     assert "access-control-allow-origin" not in refused.headers
+
+
+def test_fault_injection_is_refused_outside_test() -> None:
+    with pytest.raises(ValidationError, match="FAULT_ERROR_RATE and FAULT_DELAY_SECONDS"):
+        make(fault_error_rate=0.2)
+    with pytest.raises(ValidationError, match="refused when ENVIRONMENT=production"):
+        make(environment="production", secret_key="x" * 48, fault_delay_seconds=1)
+    assert make(environment="test", fault_error_rate=0.2).fault_error_rate == 0.2
