@@ -46,8 +46,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
+from devstack.api_process import uvicorn_command, wait_until_healthy
+from devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.seed import Volume, seed_volume
 

@@ -37,10 +37,10 @@ import httpx
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from devstack.api_process import uvicorn_command, wait_until_healthy
+from devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.orders.repository import newest_for_user
 from {{ cookiecutter.project_slug }}.patterns.plan_guard import explain_analyze, walk

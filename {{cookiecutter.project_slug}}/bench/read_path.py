@@ -31,8 +31,8 @@ import httpx
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
-from {{ cookiecutter.project_slug }}.devstack.topology import (
+from devstack.servers import free_port
+from devstack.topology import (
     GATEWAY_UNLIMITED,
     LocalStack,
     StackSettings,

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from {{ cookiecutter.project_slug }}.devstack.servers import ServerUnavailable, provide_services
+from devstack.servers import ServerUnavailable, provide_services
 
 
 @contextlib.contextmanager

@@ -40,17 +40,17 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker as make_sessionmaker
 
-from {{ cookiecutter.project_slug }}.app import create_app
-from {{ cookiecutter.project_slug }}.auth.security import create_access_token
-from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings
-from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
-from {{ cookiecutter.project_slug }}.devstack.servers import (
+from devstack.api_process import uvicorn_command, wait_until_healthy
+from devstack.servers import (
     RunningServer,
     ServerUnavailable,
     free_port,
     provide_services,
     stop_process,
 )
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.auth.security import create_access_token
+from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.models import Base
 from tests.worker_harness import JobStack, broker_url, requested_brokers, require_broker

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port, stop_process
+from devstack.servers import free_port, stop_process
 
 VCL_DIR = Path(__file__).parents[1] / "deploy" / "varnish"
 HAVE_VARNISH = shutil.which("varnishd") is not None

@@ -1,5 +1,5 @@
 """The throwaway SeaweedFS the proofs run against (devstack/seaweedfs.py)."""
 
-from {{ cookiecutter.project_slug }}.devstack.seaweedfs import S3Server, run_seaweedfs
+from devstack.seaweedfs import S3Server, run_seaweedfs
 
 __all__ = ["S3Server", "run_seaweedfs"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.servers import find_postgres_binary
+from devstack.servers import find_postgres_binary
 
 pytestmark = pytest.mark.load
 

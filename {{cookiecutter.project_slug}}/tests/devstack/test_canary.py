@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from {{ cookiecutter.project_slug }}.devstack.canary import (
+from devstack.canary import (
     CanarySettings,
     Counts,
     judge,

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.lifetime import (
+from devstack.lifetime import (
     Owned,
     StackRunning,
     alive,
     clear_stale_stack,
     start_time,
 )
-from {{ cookiecutter.project_slug }}.devstack.topology import STATE_FILE, write_state_file
+from devstack.topology import STATE_FILE, write_state_file
 
 PROJECT_DIR = Path(__file__).parents[2]
 
@@ -118,7 +118,7 @@ def test_a_pid_reused_by_another_process_is_left_alone(
 def run_cli(command: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DEVSTACK_DIR": str(state_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.project_slug }}", command],
+        [sys.executable, "-m", "devstack", command],
         cwd=PROJECT_DIR,
         env=env,
         capture_output=True,

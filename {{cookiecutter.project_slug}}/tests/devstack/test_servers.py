@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import make_url
 
-from {{ cookiecutter.project_slug }}.devstack.servers import (
+from devstack.servers import (
     ServerUnavailable,
     find_postgres_binary,
     provide_services,
@@ -55,6 +55,6 @@ def test_missing_binaries_name_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no initdb, no redis-server, no docker
-    monkeypatch.setattr("{{ cookiecutter.project_slug }}.devstack.servers.find_postgres_binary", lambda name: None)
+    monkeypatch.setattr("devstack.servers.find_postgres_binary", lambda name: None)
     with pytest.raises(ServerUnavailable, match="apt-get install postgresql"):
         provide_services(tmp_path, environ={"REDIS_URL": "redis://cache:6379/0"})

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from {{ cookiecutter.project_slug }}.devstack.topology import (
+from devstack.topology import (
     StackSettings,
     load_procfile,
     pid_alive,
@@ -167,7 +167,7 @@ def test_the_procfile_runs_every_piece_of_the_topology() -> None:
 MANAGER_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
-    from {{ cookiecutter.project_slug }}.devstack.topology import StackManager
+    from devstack.topology import StackManager
 
     def announce(manager):
         if os.environ.get("STACK_READY"):
@@ -324,7 +324,7 @@ def test_the_launcher_refuses_a_busy_port_and_names_the_setting(tmp_path: Path) 
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         }
         result = subprocess.run(
-            [sys.executable, "-m", "{{ cookiecutter.project_slug }}", "dev"],
+            [sys.executable, "-m", "devstack", "dev"],
             cwd=PROJECT_DIR,
             env=env,
             capture_output=True,

@@ -7,9 +7,9 @@ from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 
+from devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 
 
 async def test_healthz_answers_without_touching_dependencies(app_client: AsyncClient) -> None:

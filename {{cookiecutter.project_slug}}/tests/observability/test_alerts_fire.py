@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from {{ cookiecutter.project_slug }}.devstack.prometheus import (
+from devstack.prometheus import (
     PrometheusServer,
     prometheus_binary,
     run_prometheus,

@@ -22,7 +22,7 @@ from redis.asyncio import Connection, Redis
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_redis
+from devstack.servers import RunningServer, start_redis
 from {{ cookiecutter.project_slug }}.patterns.cache import (
     Cache,
     CacheMetrics,

@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
+from devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     CachePolicy,
     cache_policy,

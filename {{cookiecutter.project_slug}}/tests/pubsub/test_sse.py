@@ -19,9 +19,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from devstack.api_process import uvicorn_command, wait_until_healthy
+from devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.api_process import uvicorn_command, wait_until_healthy
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.outbox import Relay
 from {{ cookiecutter.project_slug }}.pubsub.events import stock_changed, stream_name

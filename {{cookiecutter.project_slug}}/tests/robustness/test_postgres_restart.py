@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_postgres
+from devstack.servers import RunningServer, start_postgres
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from tests.factories import auth_headers, insert_users
 

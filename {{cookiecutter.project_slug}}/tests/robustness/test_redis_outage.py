@@ -25,7 +25,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port
+from devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.models import User
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine
 from {{ cookiecutter.project_slug }}.orders.service import place_order

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_redis
-from {{ cookiecutter.project_slug }}.devstack.topology import (
+from devstack.servers import RunningServer, start_redis
+from devstack.topology import (
     GATEWAY_UNLIMITED,
     LocalStack,
     StackSettings,

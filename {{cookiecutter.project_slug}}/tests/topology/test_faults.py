@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack
+from devstack.topology import LocalStack
 from tests.factories import insert_products
 from tests.topology.conftest import HAVE_VARNISH, sign_up
 

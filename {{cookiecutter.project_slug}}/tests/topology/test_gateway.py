@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack, StackSettings, pid_alive
+from devstack.topology import LocalStack, StackSettings, pid_alive
 from {{ cookiecutter.project_slug }}.migrate import alembic_config
 from tests.topology.conftest import (
     HAVE_VARNISH,

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack, pid_alive
+from devstack.topology import LocalStack, pid_alive
 from tests.topology.conftest import listens, port_of, restarted
 
 pytestmark = [pytest.mark.topology, pytest.mark.xdist_group("topology")]

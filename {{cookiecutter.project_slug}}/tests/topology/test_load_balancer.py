@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack, pid_alive
+from devstack.topology import LocalStack, pid_alive
 from tests.topology.conftest import (
     INSTANCES,
     gateway_counter,

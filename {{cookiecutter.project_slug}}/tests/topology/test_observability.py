@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack
+from devstack.topology import LocalStack
 
 pytestmark = [pytest.mark.topology, pytest.mark.xdist_group("topology")]
 

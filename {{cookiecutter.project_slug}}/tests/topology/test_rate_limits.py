@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_redis
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack
+from devstack.servers import RunningServer, start_redis
+from devstack.topology import LocalStack
 from tests.conftest import drop_database
 from tests.topology.conftest import (
     assert_nothing_left_running,

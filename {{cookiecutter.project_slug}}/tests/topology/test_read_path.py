@@ -24,8 +24,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, start_postgres, start_redis
-from {{ cookiecutter.project_slug }}.devstack.topology import GATEWAY_UNLIMITED, LocalStack
+from devstack.servers import RunningServer, start_postgres, start_redis
+from devstack.topology import GATEWAY_UNLIMITED, LocalStack
 from tests.edge import fetch_many
 from tests.factories import insert_products
 from tests.topology.conftest import (

@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.project_slug }}.devstack.topology import LocalStack, gateway_servers_up, pid_alive
+from devstack.topology import LocalStack, gateway_servers_up, pid_alive
 from tests.factories import insert_products
 from tests.topology.conftest import (
     StackRedis,

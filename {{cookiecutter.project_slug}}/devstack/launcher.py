@@ -27,15 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from {{ cookiecutter.project_slug }}.config import Settings
-from {{ cookiecutter.project_slug }}.devstack.canary import (
-    CanarySettings,
-    canary_processes,
-    enable_canary,
-)
-from {{ cookiecutter.project_slug }}.devstack.lifetime import Owned, StackRunning, clear_stale_stack
-from {{ cookiecutter.project_slug }}.devstack.servers import RunningServer, provide_services
-from {{ cookiecutter.project_slug }}.devstack.topology import (
+from devstack.canary import CanarySettings, canary_processes, enable_canary
+from devstack.lifetime import Owned, StackRunning, clear_stale_stack
+from devstack.servers import RunningServer, provide_services
+from devstack.topology import (
     LOCAL_DRAIN_SECONDS,
     OPTIONAL,
     STATE_FILE,
@@ -47,6 +42,7 @@ from {{ cookiecutter.project_slug }}.devstack.topology import (
     render_configs,
     write_state_file,
 )
+from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.logging import configure_logging
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.seed import seed_sample_data

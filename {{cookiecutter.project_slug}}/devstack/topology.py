@@ -51,7 +51,7 @@ from honcho.process import Popen, Process
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from {{ cookiecutter.project_slug }}.devstack.lifetime import Owned, alive, die_with_parent, start_time
+from devstack.lifetime import Owned, alive, die_with_parent, start_time
 
 # Development credentials for the local S3; the stack hands them to every process.
 S3_ACCESS_KEY_ID = "devstack"
@@ -653,7 +653,7 @@ def missing_binaries(env: Mapping[str, str]) -> list[str]:
 
 @dataclass
 class LocalStack:
-    """A running ``{{ cookiecutter.project_slug }} dev`` in a child process: what tests and benchmarks drive.
+    """A running ``python -m devstack dev`` in a child process: what tests and benchmarks drive.
 
     Start it with :meth:`start`; it returns once ``stack.json`` says everything answers.
     :meth:`stop` sends SIGTERM to the launcher (as Ctrl-C would), waits, and then checks that no
@@ -677,7 +677,7 @@ class LocalStack:
         state_dir = Path(env["DEVSTACK_DIR"])
         state_dir.mkdir(parents=True, exist_ok=True)
         log_path = state_dir / "stack.log"
-        command = [sys.executable, "-m", "{{ cookiecutter.project_slug }}", "dev"]
+        command = [sys.executable, "-m", "devstack", "dev"]
         command += ["--instances", str(instances), "--no-seed"]
         with log_path.open("wb") as log:
             process = subprocess.Popen(

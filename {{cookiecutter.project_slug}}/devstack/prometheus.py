@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from {{ cookiecutter.project_slug }}.devstack.servers import free_port, stop_process
+from devstack.servers import free_port, stop_process
 
 # The production windows and what the proofs use instead (scrape and evaluate every second).
 SHORT_WINDOWS = {"5m": "4s", "15m": "8s", "30m": "8s", "1h": "12s", "6h": "16s", "3d": "20s"}

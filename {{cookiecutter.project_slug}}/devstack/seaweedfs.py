@@ -23,8 +23,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
-from {{ cookiecutter.project_slug }}.devstack.servers import stop_process
-from {{ cookiecutter.project_slug }}.devstack.topology import StackSettings
+from devstack.servers import stop_process
+from devstack.topology import StackSettings
 
 ACCESS_KEY = "proof"
 SECRET_KEY = "proof-secret-key"  # noqa: S105  # throwaway test server only

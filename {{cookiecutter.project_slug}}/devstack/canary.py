@@ -45,7 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from {{ cookiecutter.project_slug }}.devstack.topology import StackSettings
+from devstack.topology import StackSettings
 
 WEIGHTS_FILE = "canary.yml"
 STATE_FILE = "canary.json"
@@ -188,7 +188,7 @@ def canary_processes(
         for index, port in enumerate(canary.ports(stack), start=1)
     ]
     stable = ",".join(f"http://127.0.0.1:{port}" for port in stack.api_ports())
-    command = f"exec {sys.executable} -m {{ cookiecutter.project_slug }}.devstack.canary"
+    command = f"exec {sys.executable} -m devstack.canary"
     processes.append(("canary-controller", command, {**env, "STABLE_UPSTREAMS": stable}))
     return processes
 

@@ -10,10 +10,10 @@ Two guarantees, for ``make dev`` and the tests that start it:
   safety net.
 - **a stack left behind is found from its PID file** (``DEVSTACK_DIR/stack.json``): it names
   the launcher and every process and server with its start time, written as soon as each one
-  starts. The next launch (or ``{{ cookiecutter.project_slug }} stop``) refuses while that launcher still runs, and
-  stops what a dead launcher left (the throwaway Postgres, a daemon, is the usual one) before
-  anything is started or deleted. A PID whose start time differs is another process that reused
-  the number, and is left alone.
+  starts. The next launch (or ``python -m devstack stop``) refuses while that launcher still
+  runs, and stops what a dead launcher left (the throwaway Postgres, a daemon, is the usual
+  one) before anything is started or deleted. A PID whose start time differs is another process
+  that reused the number, and is left alone.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from {{ cookiecutter.project_slug }}.devstack.lifetime import die_with_parent
+from devstack.lifetime import die_with_parent
 
 POSTGRES_HINT = (
     "install the PostgreSQL server (Debian/Ubuntu: `apt-get install postgresql`, "
