@@ -44,10 +44,10 @@ from redis import Redis
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.project_slug }}.auth.security import create_access_token
-from {{ cookiecutter.project_slug }}.config import Settings
 from devstack.api_process import uvicorn_command, wait_until_healthy
 from devstack.servers import free_port
+from {{ cookiecutter.project_slug }}.auth.security import create_access_token
+from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.seed import Volume, seed_volume
 
@@ -90,13 +90,16 @@ async def _seed(volume: Volume) -> None:
 
 def prepare(volume: Volume, reuse: bool) -> float | None:
     """Create, migrate and seed the scratch database; seconds spent (None: reused)."""
-    exists = asyncio.run(_admin(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"))
+    # DATABASE is this module's constant, never input.
+    exists = asyncio.run(_admin(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"))  # noqa: S608
     if reuse and exists:
         print(f"reusing {DATABASE}")
         return None
     started = time.perf_counter()
     asyncio.run(
-        _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'CREATE DATABASE "{DATABASE}"')
+        _admin(
+            f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'CREATE DATABASE "{DATABASE}"'
+        )
     )
     upgrade_to_head(_url(DATABASE))
     print(f"seeding {volume.orders:,} orders over {volume.users:,} users ...", flush=True)
@@ -130,7 +133,8 @@ async def _backend_pids() -> list[int]:
     connection = await asyncpg.connect(_url("postgres", "postgresql"))
     try:
         rows = await connection.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = $1 AND backend_type = 'client backend'",
             DATABASE,
         )
     finally:

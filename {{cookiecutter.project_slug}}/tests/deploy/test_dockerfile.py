@@ -146,11 +146,15 @@ def test_the_image_builds_and_its_healthcheck_passes() -> None:
             ["docker", "exec", container, "id", "-u"], capture_output=True, text=True
         ).stdout.strip()
         # The local stack and its honcho are dev-only: neither is importable in the image.
-        dev_only = subprocess.run(
-            ["docker", "exec", container, "python", "-c", "import devstack"], capture_output=True
-        ).returncode, subprocess.run(
-            ["docker", "exec", container, "python", "-c", "import honcho"], capture_output=True
-        ).returncode
+        dev_only = (
+            subprocess.run(
+                ["docker", "exec", container, "python", "-c", "import devstack"],
+                capture_output=True,
+            ).returncode,
+            subprocess.run(
+                ["docker", "exec", container, "python", "-c", "import honcho"], capture_output=True
+            ).returncode,
+        )
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, env=os.environ)
         subprocess.run(["docker", "rmi", tag], capture_output=True)

@@ -31,9 +31,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devstack.servers import RunningServer, start_postgres
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
-from devstack.servers import RunningServer, start_postgres
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from tests.factories import auth_headers, insert_users
 

@@ -1,4 +1,4 @@
-"""The application cache engine: cache-aside on Redis that loads a cold key once, across every instance.
+"""The application cache engine: cache-aside on Redis, loading a cold key once across instances.
 
 The failures it prevents:
 - **stampede**: a hot key expires (or a deploy starts with an empty cache) and every request on

@@ -79,7 +79,7 @@ class _Read:
 @dataclass(frozen=True, slots=True)
 class _Filled:
     # The body (None: not found) and, when this process loaded it, the value itself.
-    cached: Cached | None | _Unset
+    cached: Cached | _Unset | None
     value: Any
     # The ticket counter when the read behind it (a database query or a Redis read) was
     # issued. A caller whose ticket is higher started after that read: it may have started
