@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from devstack.canary import CanarySettings
 from devstack.topology import StackSettings
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
@@ -22,6 +23,10 @@ NOT_SETTINGS = {
     **{
         name.upper(): "the local stack's ports and places (devstack StackSettings), never the app's"
         for name in StackSettings.model_fields
+    },
+    **{
+        f"CANARY_{name.upper()}": "the local canary and its controller (devstack CanarySettings)"
+        for name in CanarySettings.model_fields
     },
     "API_HOST": "where the serve command binds (cli.py): a server argument, not app config",
     "API_PORT": "where the serve command listens (cli.py): a server argument, not app config",

@@ -191,7 +191,8 @@ class Managed:
     def __init__(self, directory: Path, *, ready: bool) -> None:
         script = directory / "manager.py"
         script.write_text(MANAGER_SCRIPT)
-        env = {**os.environ, "STACK_READY": "1" if ready else ""}
+        # devstack/ sits beside src/, importable from the project root (as `make dev` runs it).
+        env = {**os.environ, "STACK_READY": "1" if ready else "", "PYTHONPATH": str(PROJECT_DIR)}
         self.process = subprocess.Popen(
             [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -18,10 +19,9 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from devstack.topology import LocalStack, StackSettings, pid_alive
+from devstack.topology import OPTIONAL, LocalStack, StackSettings, optional_missing, pid_alive
 from {{ cookiecutter.project_slug }}.migrate import alembic_config
 from tests.topology.conftest import (
-    HAVE_VARNISH,
     INSTANCES,
     app_log_lines,
     instance_urls,
@@ -56,7 +56,8 @@ def seen_by_app(stack: LocalStack, request_id: str) -> dict[str, object]:
 async def test_every_process_of_the_topology_runs(stack: LocalStack) -> None:
     expected = {f"api.{i}" for i in range(1, INSTANCES + 1)}
     expected |= {"gateway.1", "s3.1", "worker.1", "beat.1", "relay.1", "consumers.1"}
-    expected |= {"edge.1"} if HAVE_VARNISH else set()
+    # Varnish, Prometheus and the exporters run where their binaries are installed.
+    expected |= {f"{name}.1" for name in OPTIONAL.keys() - optional_missing(os.environ)}
     assert set(stack.pids) == expected
     assert all(pid_alive(pid) for pid in stack.pids.values())
 

@@ -39,7 +39,7 @@ from tests.topology.conftest import (
     requests_served,
     sign_up,
 )
-from tests.topology.loadgen import run_load
+from tests.topology.loadgen import LoadResult, run_load
 
 pytestmark = [
     pytest.mark.topology,
@@ -200,19 +200,23 @@ async def test_a_hot_product_is_served_from_redis_at_least_99_percent_of_the_tim
     before = await read_stack.cache_outcomes()
     await read_stack.reset_statement_counts()
 
-    load = await run_load(read_stack.gateway_port, path, seconds=3, connections=30)
+    # At least 300 reads, however slow the machine: rounds of 3 s until there are enough.
+    loads: list[LoadResult] = []
+    while sum(load.ok for load in loads) < 300 and len(loads) < 20:
+        loads.append(await run_load(read_stack.gateway_port, path, seconds=3, connections=30))
+    ok = sum(load.ok for load in loads)
 
     outcomes = await read_stack.cache_outcomes() - before
     lookups = sum(outcomes.values())
     ratio = outcomes["hit"] / lookups
     results["hot_key"] = {
-        "requests": load.requests,
+        "requests": sum(load.requests for load in loads),
         "lookups": lookups,
         "hit_ratio": round(ratio, 5),
         "db_loads": await read_stack.product_loads(),
     }
-    assert load.failed == 0
-    assert lookups >= load.ok >= 300
+    assert sum(load.failed for load in loads) == 0
+    assert lookups >= ok >= 300
     assert ratio >= 0.99
     assert await read_stack.product_loads() == 0  # every one of them came from Redis
 
