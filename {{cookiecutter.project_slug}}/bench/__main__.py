@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark in turn, on the configured or throwaway servers."""
 
-from . import http_core, orders_hot_query, pubsub, rate_limit, read_path, storage
+from . import hot_path, http_core, orders_hot_query, pubsub, rate_limit, read_path, storage
 from .services import services
 
 with services():
@@ -15,3 +15,6 @@ with services():
     storage.main()
     # The moving window on Redis, shared and with Redis down (seconds).
     rate_limit.main([])
+    # Server CPU per request: bare ASGI, /healthz, cached catalog, GET /orders hit and cold
+    # (seeds 1.2M orders; --orders 200000 --users 2000 for a quicker run).
+    hot_path.main([])

@@ -35,3 +35,27 @@ def test_the_hot_query_benchmark_runs_with_nothing_set(tmp_path: Path) -> None:
     figures = json.loads(output.read_text())
     assert figures["rows"] == 2000
     assert figures["indexed_runs"] == 20
+
+
+@pytest.mark.skipif(
+    find_postgres_binary("initdb") is None, reason="PostgreSQL server binaries not installed"
+)
+def test_the_hot_path_benchmark_runs_with_nothing_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    output = tmp_path / "hot_path.json"
+    # A tiny volume and one short round: this proves the path, not the figure.
+    command = [sys.executable, "-m", "bench.hot_path", "--orders", "2000", "--users", "20"]
+    command += ["--products", "20", "--rounds", "1", "--duration", "0.5", "--connections", "2"]
+    command += ["--output", str(output)]
+    result = subprocess.run(
+        command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(output.read_text())
+    targets = figures["targets"]
+    assert set(targets) == {"bare_asgi", "healthz", "catalog", "orders_hit", "orders_cold"}
+    for name, target in targets.items():
+        assert target["requests"] > 0, name
+        assert target["errors"] == 0, name
+        assert target["api_cpu_ms_per_request"] > 0, name
+    assert targets["orders_cold"]["cache_miss_share"] > 0
