@@ -79,6 +79,7 @@ def post(path: str) -> Call:
 # (route, which owned id it takes, how to call it)
 TABLE: list[tuple[str, str, Call]] = [
     ("GET /orders/{id}", "order", get("/orders/{id}")),
+    ("POST /orders/{id}/payment", "order", post("/orders/{id}/payment")),
     ("GET /jobs/{id}", "job", get("/jobs/{id}")),
     ("GET /jobs/{id} (report)", "report", get("/jobs/{id}")),
     ("GET /jobs/{id}/result", "report", get("/jobs/{id}/result")),
