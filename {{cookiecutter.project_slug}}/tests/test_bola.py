@@ -4,7 +4,8 @@ For each route that takes the id of something a user owns, another user's id mus
 exactly as an id that does not exist: 404, the same problem body (apart from the path and the
 request id), nothing of the owner's data. The owner gets the resource (or at least not a 404)
 through the same route, so the 404 is the authorisation, not a broken route. The live event
-stream has no id in its path: it filters by the caller (tests/pubsub).
+stream has no id in its path: it filters by the caller
+(tests/pubsub/test_sse_streams.py: two users on one interleaved stream each see only their own).
 """
 
 from __future__ import annotations
