@@ -4,7 +4,8 @@ For each route that takes the id of something a user owns, another user's id mus
 exactly as an id that does not exist: 404, the same problem body (apart from the path and the
 request id), nothing of the owner's data. The owner gets the resource (or at least not a 404)
 through the same route, so the 404 is the authorisation, not a broken route. The live event
-stream has no id in its path: it filters by the caller (tests/pubsub).
+stream has no id in its path: it filters by the caller
+(tests/pubsub/test_sse_streams.py: two users on one interleaved stream each see only their own).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def post(path: str) -> Call:
 # (route, which owned id it takes, how to call it)
 TABLE: list[tuple[str, str, Call]] = [
     ("GET /orders/{id}", "order", get("/orders/{id}")),
+    ("POST /orders/{id}/payment", "order", post("/orders/{id}/payment")),
     ("GET /jobs/{id}", "job", get("/jobs/{id}")),
     ("GET /jobs/{id} (report)", "report", get("/jobs/{id}")),
     ("GET /jobs/{id}/result", "report", get("/jobs/{id}/result")),

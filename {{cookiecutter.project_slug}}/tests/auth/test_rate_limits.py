@@ -36,6 +36,7 @@ LIMITS = {
     "rate_limit_register_ip": "4/minute",
     "rate_limit_register_account": "2/minute",
     "rate_limit_orders": "2/minute",
+    "rate_limit_uploads": "2/minute",
 }
 # A port nothing listens on: the limiter's Redis "stopped".
 DEAD_REDIS = "redis://127.0.0.1:1/0"
@@ -206,6 +207,27 @@ async def test_order_placement_has_a_quota_of_its_own(
     assert codes == [422, 422, 429]
     assert_quota_exceeded(response, "orders")
     assert '"orders";q=2;w=60' in response.headers["RateLimit-Policy"]
+
+
+async def test_upload_creation_has_a_quota_of_its_own(
+    limited_app: tuple[FastAPI, ClientFrom], session: AsyncSession
+) -> None:
+    app, client_from = limited_app
+    caller = await make_user(session, app.state.settings)
+    other = await make_user(session, app.state.settings)
+    # An empty body is refused (422) after the quota has counted it: attempts, not successes.
+    async with client_from("192.0.2.55") as client:
+        codes = [
+            (await client.post("/uploads", json={}, headers=caller.headers)).status_code
+            for _ in range(2)
+        ]
+        response = await client.post("/uploads", json={}, headers=caller.headers)
+        bystander = await client.post("/uploads", json={}, headers=other.headers)
+    assert codes == [422, 422]
+    assert_quota_exceeded(response, "uploads")
+    assert '"uploads";q=2;w=60' in response.headers["RateLimit-Policy"]
+    # Per user: another account from the same address still has its own quota.
+    assert bystander.status_code == 422
 
 
 async def test_with_the_limiters_redis_down_reads_pass_and_login_falls_back_to_a_local_limit(

@@ -68,6 +68,19 @@ def test_the_api_has_all_three_probes_on_the_right_routes(production: list[dict[
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_the_api_takes_its_secret_key_from_a_required_secret(
+    production: list[dict[str, Any]],
+) -> None:
+    # No literal value and no optional ref: a missing secret keeps the pod from starting
+    # (CreateContainerConfigError) instead of running it on a default anyone can sign with.
+    [secret_key] = [e for e in api_container(production)["env"] if e["name"] == "SECRET_KEY"]
+    assert "value" not in secret_key
+    ref = secret_key["valueFrom"]["secretKeyRef"]
+    assert ref["key"] == "SECRET_KEY"
+    assert ref["name"]
+    assert ref.get("optional", False) is False
+
+
 def test_the_api_drains_within_its_grace_period(production: list[dict[str, Any]]) -> None:
     config = find(production, "ConfigMap", "app-config")["data"]
     spec = pod_spec(find(production, "Deployment", "api"))

@@ -341,7 +341,23 @@ async def test_a_worker_side_write_is_visible_through_the_app_cache_right_after_
         assert (await client.get(f"/products/{product}")).json()["stock"] == 10
     types = await _count(
         committed_engine,
-        "SELECT count(*) FROM outbox WHERE type IN ('order.expired',"
+        "SELECT count(*) FROM outbox WHERE type IN ('order.expired', 'order.cancelled',"
         " 'product.stock_changed') AND occurred_at > now() - interval '1 minute'",
     )
-    assert types == 3  # placed's stock change, the expiry, the stock returned
+    assert types == 4  # placed's stock change, the expiry, the cancellation, the stock returned
+    async with committed_engine.connect() as connection:
+        order_events = (
+            await connection.execute(
+                text(
+                    "SELECT type, payload->>'status', payload->>'reason' FROM outbox"
+                    " WHERE aggregate_type = 'order' AND aggregate_id = :id ORDER BY seq"
+                ),
+                {"id": placed.json()["id"]},
+            )
+        ).all()
+    # The order's own key, in order: placed, then why it ended, then the status change.
+    assert [tuple(row) for row in order_events] == [
+        ("order.placed", "pending", None),
+        ("order.expired", "cancelled", "expired"),
+        ("order.cancelled", "cancelled", "expired"),
+    ]

@@ -13,7 +13,12 @@ from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
 from {{ cookiecutter.project_slug }}.products.repository import InventoryRepository
 from {{ cookiecutter.project_slug }}.products.service import invalidate_products
-from {{ cookiecutter.project_slug }}.pubsub.events import ORDER_EXPIRED, order_event, stock_changed
+from {{ cookiecutter.project_slug }}.pubsub.events import (
+    ORDER_CANCELLED,
+    ORDER_EXPIRED,
+    order_event,
+    stock_changed,
+)
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 
 log = structlog.get_logger(__name__)
@@ -59,15 +64,20 @@ async def expire_unpaid(ctx: WorkerContext) -> int:
             if not order_ids:
                 break
             cancelled = await orders.cancel_pending(order_ids)
+            # Expiry is today's only way an order is cancelled. Both events: ``order.expired``
+            # says why, ``order.cancelled`` is the status change itself, which a consumer of
+            # "no longer payable" subscribes to once, whatever later cancels an order.
             events = [
                 order_event(
-                    ORDER_EXPIRED,
+                    event_type,
                     row.id,
                     row.user_id,
                     status=OrderStatus.cancelled.value,
                     total_cents=row.total_cents,
+                    reason="expired",
                 )
                 for row in cancelled
+                for event_type in (ORDER_EXPIRED, ORDER_CANCELLED)
             ]
             returned = await orders.units_by_product(order_ids)
             # Product-id order, like order placement takes them: two transactions that both

@@ -25,14 +25,22 @@ PRODUCT_EVENTS = (PRODUCT_PRICE_CHANGED, PRODUCT_STOCK_CHANGED)
 
 
 def order_event(
-    event_type: str, order_id: UUID, user_id: UUID, *, status: str, total_cents: int
+    event_type: str,
+    order_id: UUID,
+    user_id: UUID,
+    *,
+    status: str,
+    total_cents: int,
+    reason: str | None = None,
 ) -> Event:
-    return Event(
-        type=event_type,
-        aggregate_type=ORDER,
-        aggregate_id=str(order_id),
-        payload={"user_id": str(user_id), "status": status, "total_cents": total_cents},
-    )
+    payload: dict[str, object] = {
+        "user_id": str(user_id),
+        "status": status,
+        "total_cents": total_cents,
+    }
+    if reason is not None:
+        payload["reason"] = reason
+    return Event(type=event_type, aggregate_type=ORDER, aggregate_id=str(order_id), payload=payload)
 
 
 def stock_changed(product_id: UUID, stock: int) -> Event:
