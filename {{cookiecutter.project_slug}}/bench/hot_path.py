@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.api_process import uvicorn_command, wait_until_healthy
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head

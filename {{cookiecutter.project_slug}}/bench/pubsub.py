@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from devstack.api_process import uvicorn_command, wait_until_healthy
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.consumer import Consumer

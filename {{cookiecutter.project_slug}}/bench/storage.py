@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from devstack.api_process import uvicorn_command, wait_until_healthy
 from devstack.seaweedfs import S3Server, run_seaweedfs
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]

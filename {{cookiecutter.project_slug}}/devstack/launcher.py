@@ -42,6 +42,7 @@ from devstack.topology import (
     render_configs,
     write_state_file,
 )
+
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.logging import configure_logging
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head

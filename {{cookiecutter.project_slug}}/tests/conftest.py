@@ -48,6 +48,7 @@ from devstack.servers import (
     provide_services,
     stop_process,
 )
+
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings

@@ -32,6 +32,7 @@ from kombu import Connection
 from redis import Redis
 
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from devstack.canary import OPS_ROUTES, CanarySettings
+
 from tests.deploy.conftest import DEPLOY, find, kustomize, run
 
 SCHEMAS = json.loads((Path(__file__).parent / "schemas" / "argo-rollouts-v1.9.1.json").read_text())

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from devstack.servers import docker_engine_reachable
+
 from {{ cookiecutter.project_slug }}.cli import main
 from tests.deploy.conftest import PROJECT_DIR, run, tool
 

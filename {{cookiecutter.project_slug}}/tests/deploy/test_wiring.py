@@ -12,6 +12,7 @@ from typing import Any
 
 from devstack.canary import CanarySettings
 from devstack.topology import StackSettings
+
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from tests.deploy.conftest import APP_SERVICES, PROJECT_DIR, gateway_config, pod_spec

@@ -23,6 +23,7 @@ from devstack.prometheus import (
     run_prometheus,
     short_windows,
 )
+
 from tests.conftest import LiveServer
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "rules"

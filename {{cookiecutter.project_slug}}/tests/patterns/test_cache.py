@@ -23,6 +23,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from devstack.servers import RunningServer, start_redis
+
 from {{ cookiecutter.project_slug }}.patterns.cache import (
     Cache,
     CacheMetrics,

@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.patterns.cdn_purge import PurgeFailed, VarnishPurger
 from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     PRIVATE_NO_STORE,

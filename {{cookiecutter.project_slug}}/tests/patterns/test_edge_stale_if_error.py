@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     CachePolicy,
     cache_policy,

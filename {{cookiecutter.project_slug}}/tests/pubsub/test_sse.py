@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from devstack.api_process import uvicorn_command, wait_until_healthy
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns import outbox
 from {{ cookiecutter.project_slug }}.patterns.outbox import Relay

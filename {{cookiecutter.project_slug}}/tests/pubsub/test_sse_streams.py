@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from devstack.api_process import wait_until_healthy
+
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns import outbox

@@ -32,6 +32,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.servers import RunningServer, start_postgres
+
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head

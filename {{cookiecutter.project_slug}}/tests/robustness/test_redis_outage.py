@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from devstack.servers import free_port
+
 from {{ cookiecutter.project_slug }}.models import User
 from {{ cookiecutter.project_slug }}.orders.schemas import OrderCreate, OrderLine
 from {{ cookiecutter.project_slug }}.orders.service import place_order

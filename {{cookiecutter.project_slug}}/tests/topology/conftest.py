@@ -31,6 +31,7 @@ from devstack.topology import (
     pid_alive,
     ports_in_use,
 )
+
 from tests.conftest import drop_database, recreate_database, run_database_name
 
 PROJECT_DIR = Path(__file__).parents[2]

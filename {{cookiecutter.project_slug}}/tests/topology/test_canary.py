@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.topology import LocalStack
+
 from tests.conftest import drop_database
 from tests.topology.conftest import (
     assert_nothing_left_running,

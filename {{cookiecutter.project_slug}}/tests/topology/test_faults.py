@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.topology import LocalStack
+
 from tests.factories import insert_products
 from tests.topology.conftest import HAVE_VARNISH, sign_up
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from devstack.topology import LocalStack, pid_alive
+
 from tests.topology.conftest import listens, port_of, restarted
 
 pytestmark = [pytest.mark.topology, pytest.mark.xdist_group("topology")]

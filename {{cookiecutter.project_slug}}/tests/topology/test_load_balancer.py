@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from devstack.topology import LocalStack, pid_alive
+
 from tests.topology.conftest import (
     INSTANCES,
     gateway_counter,

@@ -22,6 +22,7 @@ import pytest
 
 from devstack.servers import RunningServer, start_redis
 from devstack.topology import LocalStack
+
 from tests.conftest import drop_database
 from tests.topology.conftest import (
     assert_nothing_left_running,

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from devstack.servers import RunningServer, start_postgres, start_redis
 from devstack.topology import GATEWAY_UNLIMITED, LocalStack
+
 from tests.edge import fetch_many
 from tests.factories import insert_products
 from tests.topology.conftest import (

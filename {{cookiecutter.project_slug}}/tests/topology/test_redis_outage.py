@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.topology import LocalStack, gateway_servers_up, pid_alive
+
 from tests.factories import insert_products
 from tests.topology.conftest import (
     StackRedis,
