@@ -35,6 +35,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from kombu import Connection
+from pydantic import SecretStr
 from redis import Redis as SyncRedis
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
@@ -54,6 +55,7 @@ from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.models import Base
+from tests.s3_server import S3Server, run_seaweedfs
 from tests.worker_harness import JobStack, broker_url, requested_brokers, require_broker
 
 _started: list[RunningServer] = []
@@ -178,6 +180,11 @@ def settings(database_url: str, redis_url: str, worker_id: str) -> Settings:
         cache_key_prefix=run_database_name("cache", worker_id),
         celery_queue=unconsumed_jobs_namespace()["celery_queue"],
         celery_broker_key_prefix=unconsumed_jobs_namespace()["celery_broker_key_prefix"],
+        # Presigning is local HMAC: routes that sign URLs (GET /jobs/{id}) need keys, not a
+        # server. Proofs that send bytes to S3 use the `s3` fixture's server and keys.
+        s3_endpoint_url="http://127.0.0.1:9",
+        s3_access_key_id="test-access-key",
+        s3_secret_access_key=SecretStr("test-secret-key"),
     )
 
 
@@ -400,6 +407,13 @@ VARNISH_HINT = (
     "varnishd is not installed: the edge proofs need it (Debian/Ubuntu: "
     "`apt-get install varnish`, macOS: `brew install varnish`)"
 )
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real SeaweedFS with credentials: SigV4, POST policies and checksums are enforced."""
+    with run_seaweedfs() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,12 @@ async def owned(session: AsyncSession, settings: Settings) -> Owned:
     await session.flush()
     session.add(
         JobResult(
-            job_id=report.id, filename="sales.csv", content_type="text/csv", content=b"day,total\n"
+            job_id=report.id,
+            filename="sales.csv",
+            content_type="text/csv",
+            storage_key=f"reports/{report.id}/{'0' * 64}.csv",
+            size=10,
+            sha256="0" * 64,
         )
     )
     await session.flush()
@@ -116,5 +121,5 @@ async def test_another_users_id_is_a_404_that_leaks_nothing(
     assert as_intruder.headers["content-type"] == "application/problem+json"
     # Indistinguishable from an id that does not exist: existence is not leaked either.
     assert shape(as_intruder) == shape(unknown)
-    for secret in (str(owned.owner.id), "secret-plans", "day,total", "1999"):
+    for secret in (str(owned.owner.id), "secret-plans", "sales.csv", "reports/", "1999"):
         assert secret not in as_intruder.text

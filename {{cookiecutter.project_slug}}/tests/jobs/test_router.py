@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
 from httpx import AsyncClient
@@ -43,16 +44,31 @@ async def test_an_owner_follows_a_job_to_its_result(
         update(Job).where(Job.id == job.id).values(status=JobStatus.succeeded, progress=100)
     )
     session.add(
-        JobResult(job_id=job.id, filename="r.csv", content_type="text/csv", content=b"a,b\n")
+        JobResult(
+            job_id=job.id,
+            filename="r.csv",
+            content_type="text/csv",
+            storage_key=f"reports/{job.id}/{'0' * 64}.csv",
+            size=4,
+            sha256="0" * 64,
+        )
     )
     await session.commit()
     done = (await app_client.get(f"/jobs/{job.id}", headers=headers)).json()
     assert done["status"] == "succeeded"
     assert done["result_url"] == f"/jobs/{job.id}/result"
+    # The bytes come from S3 through a presigned URL (downloaded for real in
+    # tests/reports/test_report_files.py); the API only signs it.
+    file = done["result"]
+    assert (file["filename"], file["size"], file["sha256"]) == ("r.csv", 4, "0" * 64)
+    url = urlsplit(file["download_url"])
+    assert url.path.endswith(f"/reports/{job.id}/{'0' * 64}.csv")
+    query = parse_qs(url.query)
+    assert query["response-content-disposition"] == ['attachment; filename="r.csv"']
+    assert query["X-Amz-Expires"] == [str(file["expires_in"])]
     result = await app_client.get(done["result_url"], headers=headers)
-    assert result.status_code == 200
-    assert result.content == b"a,b\n"
-    assert result.headers["content-disposition"] == 'attachment; filename="r.csv"'
+    assert result.status_code == 307
+    assert urlsplit(result.headers["location"]).path == url.path
 
 
 async def test_someone_elses_job_is_not_found(

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as day_time
 
+import httpx
 import pytest
 from httpx import AsyncClient
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -23,6 +24,7 @@ from {{ cookiecutter.project_slug }}.models import (
     OrderStatus,
 )
 from tests.factories import make_product, make_user
+from tests.s3_server import S3Server
 from tests.worker.helpers import eventually, finished, rows
 from tests.worker.test_queue import staff_token
 from tests.worker_harness import CeleryProcess, JobStack
@@ -36,9 +38,14 @@ PAUSE = 0.25
 
 
 @pytest.fixture(scope="module")
-def workers(job_stack: JobStack) -> list[CeleryProcess]:
+def workers(job_stack: JobStack, s3: S3Server) -> list[CeleryProcess]:
     job_stack.extra_env.update(
         {
+            # The report file goes to S3 (the real SeaweedFS of the session).
+            "S3_ENDPOINT_URL": s3.endpoint,
+            "S3_BUCKET": s3.bucket,
+            "S3_ACCESS_KEY_ID": s3.access_key,
+            "S3_SECRET_ACCESS_KEY": s3.secret_key,
             "REPORT_DAYS_PER_READ": "1",
             "REPORT_READ_PAUSE_SECONDS": str(PAUSE),
             # Room for the report under the time limits (still below the visibility timeout).
@@ -134,7 +141,9 @@ async def test_a_sales_report_is_accepted_at_once_and_completes_in_the_backgroun
     assert any(0 < p < 100 for p in progress_seen), "progress is reported while it runs"
     assert all(j["attempts"] == 1 for j in jobs)
 
-    result = await live_client.get(job["result_url"], headers=staff.headers)
+    # The file comes from S3 through the presigned URL, not through the API.
+    async with httpx.AsyncClient() as plain:
+        result = await plain.get(job["result"]["download_url"])
     assert result.status_code == 200
     assert result.headers["content-type"].startswith("text/csv")
     table = list(csv.reader(io.StringIO(result.text)))

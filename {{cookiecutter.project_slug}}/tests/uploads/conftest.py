@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -13,14 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
-from tests.s3_server import S3Server, run_seaweedfs
-
-
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3Server]:
-    """A real SeaweedFS with credentials: SigV4, POST policies and checksums are enforced."""
-    with run_seaweedfs() as server:
-        yield server
+from tests.s3_server import S3Server
 
 
 @dataclass

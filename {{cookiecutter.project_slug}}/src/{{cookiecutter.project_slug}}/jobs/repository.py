@@ -90,10 +90,18 @@ class JobRepository:
         return (await self.session.execute(statement)).scalar_one_or_none() is not None
 
     async def finish(
-        self, job_id: UUID, *, owner: str, filename: str, content_type: str, content: bytes
+        self,
+        job_id: UUID,
+        *,
+        owner: str,
+        filename: str,
+        content_type: str,
+        storage_key: str,
+        size: int,
+        sha256: str,
     ) -> bool:
-        """Store the result and mark the job succeeded, once, by the lease holder: False if
-        it already was, or the lease passed to another run."""
+        """Record where the result file is and mark the job succeeded, once, by the lease
+        holder: False if it already was, or the lease passed to another run."""
         statement = (
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_owner == owner)
@@ -110,7 +118,14 @@ class JobRepository:
             return False
         await self.session.execute(
             insert(JobResult)
-            .values(job_id=job_id, filename=filename, content_type=content_type, content=content)
+            .values(
+                job_id=job_id,
+                filename=filename,
+                content_type=content_type,
+                storage_key=storage_key,
+                size=size,
+                sha256=sha256,
+            )
             .on_conflict_do_nothing(index_elements=[JobResult.job_id])
         )
         return True
@@ -158,6 +173,15 @@ class JobRepository:
             and_(Job.status == JobStatus.running, Job.lease_expires_at < func.now()),
         )
         statement = select(Job).where(lost).order_by(Job.created_at).limit(limit)
+        return list((await self.session.scalars(statement)).all())
+
+    async def stale_result_keys(self, cutoff: datetime) -> list[str]:
+        """Object keys of the files of the jobs :meth:`delete_stale` will delete."""
+        statement = (
+            select(JobResult.storage_key)
+            .join(Job, Job.id == JobResult.job_id)
+            .where(Job.finished_at < cutoff, Job.status.in_(FINISHED))
+        )
         return list((await self.session.scalars(statement)).all())
 
     async def delete_stale(self, cutoff: datetime) -> dict[str, int]:

@@ -6,43 +6,73 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, status
-from starlette.responses import Response
+from starlette.responses import RedirectResponse
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, StaffUser
+from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
 from {{ cookiecutter.project_slug }}.jobs import service
 from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
-from {{ cookiecutter.project_slug }}.jobs.schemas import DeadLetterRead, JobRead, Requeued
-from {{ cookiecutter.project_slug }}.models import Job, JobStatus
+from {{ cookiecutter.project_slug }}.jobs.schemas import DeadLetterRead, JobFile, JobRead, Requeued
+from {{ cookiecutter.project_slug }}.models import Job, JobResult, JobStatus
+from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 from {{ cookiecutter.project_slug }}.patterns.strict_input import IsoDatetime
 from {{ cookiecutter.project_slug }}.postgres import DbSession, Jobs
+from {{ cookiecutter.project_slug }}.storage import Storage
 
 router = APIRouter(tags=["jobs"])
 
 
-def job_read(job: Job) -> JobRead:
+def job_read(job: Job, file: JobFile | None = None) -> JobRead:
     read = JobRead.model_validate(job)
     if job.status is JobStatus.succeeded:
         read.result_url = f"/jobs/{job.id}/result"
+        read.result = file
     return read
 
 
+def job_file(result: JobResult, storage: ObjectStorage, ttl: int) -> JobFile:
+    # Presigning is local HMAC: no S3 round trip on a poll. The bytes never pass the API.
+    url = storage.presign_get(
+        result.storage_key,
+        expires_in=ttl,
+        filename=result.filename,
+        content_type=result.content_type,
+    )
+    return JobFile(
+        filename=result.filename,
+        content_type=result.content_type,
+        size=result.size,
+        sha256=result.sha256,
+        download_url=url,
+        expires_in=ttl,
+    )
+
+
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: UUID, session: DbSession, user: CurrentUser) -> JobRead:
-    return job_read(await service.get_job_for(session, job_id, user))
+async def get_job(
+    job_id: UUID, session: DbSession, user: CurrentUser, storage: Storage, settings: SettingsDep
+) -> JobRead:
+    job = await service.get_job_for(session, job_id, user)
+    result = await service.find_result(session, job)
+    file = None if result is None else job_file(result, storage, settings.download_url_ttl)
+    return job_read(job, file)
 
 
 @router.get(
     "/jobs/{job_id}/result",
-    response_class=Response,
-    responses={200: {"content": {"text/csv": {}}}, 409: {"description": "Not finished yet."}},
+    status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+    response_class=RedirectResponse,
+    responses={
+        307: {"description": "To a fresh presigned download URL."},
+        409: {"description": "Not finished yet."},
+    },
 )
-async def get_job_result(job_id: UUID, session: DbSession, user: CurrentUser) -> Response:
+async def get_job_result(
+    job_id: UUID, session: DbSession, user: CurrentUser, storage: Storage, settings: SettingsDep
+) -> RedirectResponse:
     result = await service.get_result_for(session, job_id, user)
-    return Response(
-        content=result.content,
-        media_type=result.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{result.filename}"'},
-    )
+    file = job_file(result, storage, settings.download_url_ttl)
+    return RedirectResponse(file.download_url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
 
 
 @router.get("/admin/dead-letters", tags=["admin"])

@@ -9,6 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from {{ cookiecutter.project_slug }}.models import JobStatus
 
 
+class JobFile(BaseModel):
+    """A finished job's file. ``download_url`` is presigned and short-lived: poll the job
+    again (or follow ``result_url``) for a fresh one."""
+
+    filename: str
+    content_type: str
+    size: int = Field(description="Bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the file, to check the download.")
+    download_url: str = Field(description="Presigned GET; downloads as an attachment.")
+    expires_in: int = Field(description="Seconds the download URL stays valid.")
+
+
 class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -22,7 +34,10 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    result_url: str | None = Field(default=None, description="The result, once succeeded.")
+    result_url: str | None = Field(
+        default=None, description="Redirects to a fresh download URL, once succeeded."
+    )
+    result: JobFile | None = Field(default=None, description="The result file, once succeeded.")
 
 
 class DeadLetterRead(BaseModel):

@@ -21,6 +21,13 @@ async def get_job_for(session: AsyncSession, job_id: UUID, user: User) -> Job:
     return job
 
 
+async def find_result(session: AsyncSession, job: Job) -> JobResult | None:
+    """A succeeded job's file record (None before, or once it is no longer kept)."""
+    if job.status is not JobStatus.succeeded:
+        return None
+    return await JobRepository(session).get_result(job.id)
+
+
 async def get_result_for(session: AsyncSession, job_id: UUID, user: User) -> JobResult:
     job = await get_job_for(session, job_id, user)
     if job.status is not JobStatus.succeeded:

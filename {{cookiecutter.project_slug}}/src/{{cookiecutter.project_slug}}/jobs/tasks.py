@@ -23,9 +23,15 @@ async def cleanup_stale_data(ctx: WorkerContext) -> dict[str, int]:
     now = datetime.now(UTC)
     cutoff = now - timedelta(days=ctx.settings.stale_data_retention_days)
     stalled_before = now - timedelta(minutes=ctx.settings.job_requeue_after_minutes)
+    # The files first, then the rows: a run that dies in between finds the same rows (and
+    # deletes the same keys, a no-op in S3) next time, so no object outlives its row unseen.
+    async with ctx.transaction() as session:
+        stale_files = await JobRepository(session).stale_result_keys(cutoff)
+    await ctx.storage.delete_many(stale_files)
     async with ctx.transaction() as session:
         repository = JobRepository(session)
         counts = await repository.delete_stale(cutoff)
+        counts["result_files"] = len(stale_files)
         # Published outbox rows: the stream holds them now. Inbox rows stay as long as any
         # other stale data (far longer than a redelivery can come).
         counts["outbox_rows"] = await purge_published(

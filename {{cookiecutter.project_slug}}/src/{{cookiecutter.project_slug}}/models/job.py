@@ -8,11 +8,11 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Enum,
     ForeignKey,
     Index,
-    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -61,8 +61,6 @@ class Job(UUIDv7PrimaryKey, Timestamps, Base):
     # Deliveries that started work: more than 1 means a worker died or the job was retried.
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
-    # Where the result lives when it is not in job_results (an object-storage key).
-    result_key: Mapped[str | None] = mapped_column(String(512))
     started_at: Mapped[datetime | None]
     # The lease of the run in progress: who runs it and until when (renewed while it runs).
     # A second copy of the message finds it held and backs off; an expired one is taken over.
@@ -80,7 +78,7 @@ class Job(UUIDv7PrimaryKey, Timestamps, Base):
 
 
 class JobResult(Base):
-    """A job's output file, kept in Postgres when object storage is not configured."""
+    """A job's output file: the bytes live in object storage, this row says where and what."""
 
     __tablename__ = "job_results"
 
@@ -89,5 +87,8 @@ class JobResult(Base):
     )
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(100))
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    # ``reports/{job_id}/{sha256}.csv``: a retried run of the same job writes the same key.
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

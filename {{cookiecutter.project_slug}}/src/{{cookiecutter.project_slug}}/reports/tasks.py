@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import os
 import secrets
@@ -21,15 +22,28 @@ from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 log = structlog.get_logger(__name__)
 
 SALES_REPORT = "reports.sales_report"
+REPORT_CONTENT_TYPE = "text/csv"
+
+
+def report_key(job_id: UUID, sha256_hex: str) -> str:
+    """Per job and content: a rerun with the same figures lands on the same object."""
+    return f"reports/{job_id}/{sha256_hex}.csv"
 
 
 @job(SALES_REPORT)
 async def generate_sales_report(ctx: WorkerContext, *, job_id: str) -> str:
+    """The task: :func:`write_sales_report`."""
+    return await write_sales_report(ctx, job_id)
+
+
+async def write_sales_report(ctx: WorkerContext, job_id: str) -> str:
     """Sales per day over the job's date range, as CSV.
 
     Idempotent by the job row: a delivery of a finished job does nothing, and the result is
-    written by the same conditional update that marks the job done, so a redelivered run
-    (its worker died) repeats the reading, never the write.
+    recorded by the same conditional update that marks the job done, so a redelivered run
+    (its worker died) repeats the reading, never the record. The file goes to object storage
+    first, under ``reports/{job_id}/{sha256}.csv``: a retry that reads the same figures
+    overwrites the same object instead of adding one.
     """
     key = UUID(job_id)
     # The lease: a second copy of this message (the cleanup job re-sent it during a backlog,
@@ -71,15 +85,29 @@ async def generate_sales_report(ctx: WorkerContext, *, job_id: str) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["day", "paid_orders", "revenue_cents"])
     writer.writerows(rows)
+    content = buffer.getvalue().encode()
+    digest = hashlib.sha256(content).hexdigest()
+    storage_key = report_key(key, digest)
+    # Before the row: a row always points at an object. put_bytes runs in a worker thread.
+    await ctx.storage.put_bytes(storage_key, content, content_type=REPORT_CONTENT_TYPE)
     async with ctx.transaction() as session:
         finished = await JobRepository(session).finish(
             key,
             owner=owner,
             filename=f"sales-{first.isoformat()}-{last.isoformat()}.csv",
-            content_type="text/csv",
-            content=buffer.getvalue().encode(),
+            content_type=REPORT_CONTENT_TYPE,
+            storage_key=storage_key,
+            size=len(content),
+            sha256=digest,
         )
-    log.info("report.finished", job_id=job_id, days=len(rows), written=finished)
+    log.info(
+        "report.finished",
+        job_id=job_id,
+        days=len(rows),
+        written=finished,
+        storage_key=storage_key,
+        size=len(content),
+    )
     return "done" if finished else "duplicate"
 
 

@@ -32,8 +32,10 @@ from {{ cookiecutter.project_slug }}.patterns.after_commit import (
 from {{ cookiecutter.project_slug }}.patterns.cache import Cache
 from {{ cookiecutter.project_slug }}.patterns.cdn_purge import Purger
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import DeadLetterRecord
+from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.redis import create_redis
+from {{ cookiecutter.project_slug }}.storage import create_storage
 
 
 @dataclass
@@ -44,6 +46,7 @@ class WorkerContext:
     redis: Redis
     notifier: Notifier
     publish: Publish
+    storage: ObjectStorage
     cache: Cache | None = None
     purger: Purger | None = None
 
@@ -80,6 +83,7 @@ class WorkerContextFactory:
             redis=create_redis(self.settings),
             notifier=create_notifier(self.settings.notifier),
             publish=celery_publisher(self.app),
+            storage=create_storage(self.settings),
             # Its own registry: the worker exports no cache metrics of its own yet.
             cache=create_cache(self.settings, CollectorRegistry()),
             purger=create_purger(self.settings),
@@ -91,6 +95,7 @@ class WorkerContextFactory:
             await context.purger.aclose()
         if context.cache is not None:
             await context.cache.aclose()
+        context.storage.close()
         await context.redis.aclose()
         await context.engine.dispose()
 
