@@ -32,10 +32,10 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.servers import free_port
+from devstack.settings import StackSettings
 from devstack.topology import (
     GATEWAY_UNLIMITED,
     LocalStack,
-    StackSettings,
     ports_in_use,
 )
 

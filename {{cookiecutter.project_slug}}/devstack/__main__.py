@@ -19,7 +19,8 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _stop(_: argparse.Namespace) -> int:
     from devstack.lifetime import stop_stack
-    from devstack.topology import STATE_FILE, StackSettings
+    from devstack.settings import StackSettings
+    from devstack.topology import STATE_FILE
 
     state_dir = (Path.cwd() / StackSettings().devstack_dir).resolve()
     sys.stdout.write(stop_stack(state_dir / STATE_FILE) + "\n")

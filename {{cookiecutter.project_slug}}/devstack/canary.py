@@ -45,7 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from devstack.topology import StackSettings
+from devstack.settings import StackSettings
 
 WEIGHTS_FILE = "canary.yml"
 STATE_FILE = "canary.json"

@@ -30,11 +30,11 @@ from pathlib import Path
 from devstack.canary import CanarySettings, canary_processes, enable_canary
 from devstack.lifetime import Owned, StackRunning, clear_stale_stack
 from devstack.servers import RunningServer, provide_services
+from devstack.settings import StackSettings
 from devstack.topology import (
     LOCAL_DRAIN_SECONDS,
     OPTIONAL,
     STATE_FILE,
-    StackSettings,
     Topology,
     missing_binaries,
     optional_missing,

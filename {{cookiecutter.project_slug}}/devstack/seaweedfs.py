@@ -24,7 +24,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from devstack.servers import stop_process
-from devstack.topology import StackSettings
+from devstack.settings import StackSettings
 
 ACCESS_KEY = "proof"
 SECRET_KEY = "proof-secret-key"  # noqa: S105  # throwaway test server only

@@ -83,6 +83,35 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RATE_LIMIT_ENABLED", "false")
 
 
+_UNGROUPED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Notice when xdist stops honouring ``xdist_group`` (see :func:`pytest_runtest_setup`).
+
+    xdist marks a grouped test by suffixing its node id; pytest 9.2 with xdist 3.8 silently
+    did not, and the topology proofs then ran on both workers, each starting its own stacks.
+    """
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            item.stash[_UNGROUPED] = bool(item.get_closest_marker("xdist_group")) and (
+                "@" not in item.nodeid
+            )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture: an ungrouped topology proof fails at once, not after its stack.
+    if item.stash.get(_UNGROUPED, False):
+        pytest.fail(
+            "pytest-xdist ignored this test's xdist_group, so the proofs that share one stack "
+            "would run on every worker: this pytest/pytest-xdist pair cannot run the suite "
+            "(see the pytest pin in pyproject.toml)",
+            pytrace=False,
+        )
+
+
 def unconsumed_jobs_namespace() -> dict[str, str]:
     """Where apps under test publish jobs that no worker consumes (the job proofs start
     their own workers on queues of their own): one queue and key prefix per run, removed

@@ -90,6 +90,9 @@ sub vcl_recv {
     # own 503 HTML page ("Backend fetch failed"). Chunked bodies have no length to check: they
     # are piped, so the gateway's answer reaches the client byte for byte.
     if (std.integer(req.http.Content-Length, 0) > 1048576) {
+        # No "100 Continue" first (Varnish sends it right after vcl_recv by default): told to
+        # go on, curl starts the body, our close resets the connection and the 413 is lost.
+        std.late_100_continue(true);
         return (synth(413, "Request Entity Too Large"));
     }
     if (req.http.Transfer-Encoding && !req.http.Content-Length) {

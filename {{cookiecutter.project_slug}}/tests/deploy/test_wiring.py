@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from devstack.canary import CanarySettings
-from devstack.topology import StackSettings
+from devstack.settings import StackSettings
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings

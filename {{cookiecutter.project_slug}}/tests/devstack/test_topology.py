@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devstack.settings import StackSettings
 from devstack.topology import (
-    StackSettings,
     load_procfile,
     pid_alive,
     ports_in_use,

@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from devstack.servers import RunningServer, start_redis
+from devstack.settings import StackSettings
 from devstack.topology import (
     GATEWAY_UNLIMITED,
     LocalStack,
-    StackSettings,
     gateway_servers_up,
     pid_alive,
     ports_in_use,

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from devstack.topology import OPTIONAL, LocalStack, StackSettings, optional_missing, pid_alive
+from devstack.settings import StackSettings
+from devstack.topology import OPTIONAL, LocalStack, optional_missing, pid_alive
 
 from {{ cookiecutter.project_slug }}.migrate import alembic_config
 from tests.topology.conftest import (
