@@ -45,7 +45,7 @@ from devstack.topology import (
 
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.logging import configure_logging
-from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
+from {{ cookiecutter.project_slug }}.migrate import DatabaseUnreachable, upgrade_to_head
 from {{ cookiecutter.project_slug }}.seed import seed_sample_data
 
 VARNISH_HINT = (
@@ -142,7 +142,11 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         os.environ.update(env)
         configure_logging(Settings())
         # Once, before any instance starts: N instances racing to migrate would collide.
-        upgrade_to_head(env["DATABASE_URL"])
+        try:
+            upgrade_to_head(env["DATABASE_URL"])
+        except DatabaseUnreachable as unreachable:
+            print(f"Cannot start the stack: {unreachable}.", file=sys.stderr)
+            return 1
         if seed:
             asyncio.run(seed_sample_data(env["DATABASE_URL"]))
         topology = Topology(

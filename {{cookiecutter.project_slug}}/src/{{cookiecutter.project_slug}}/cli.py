@@ -78,9 +78,13 @@ def _consumers(_: argparse.Namespace) -> int:
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
+    from {{ cookiecutter.project_slug }}.migrate import DatabaseUnreachable, upgrade_to_head
 
-    upgrade_to_head(DatabaseSettings().database_url)
+    try:
+        upgrade_to_head(DatabaseSettings().database_url)
+    except DatabaseUnreachable as exc:
+        print(f"migrate: {exc}", file=sys.stderr)  # noqa: T201  # a command-line refusal
+        return 1
     return 0
 
 

@@ -337,3 +337,30 @@ def test_the_launcher_refuses_a_busy_port_and_names_the_setting(tmp_path: Path) 
     assert f"{port} (GATEWAY_PORT)" in result.stderr
     if shutil.which("varnishd", path=env["PATH"]) is None:
         assert "varnishd not found" in result.stdout
+
+
+def test_the_launcher_names_a_database_it_cannot_migrate_and_stops_what_it_started(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import make_url
+
+    missing = make_url(os.environ["DATABASE_URL"]).set(database="no_such_db_for_dev")
+    env = {
+        **os.environ,
+        "DATABASE_URL": missing.render_as_string(hide_password=False),
+        "DEVSTACK_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack", "dev"],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "Cannot start the stack: cannot migrate" in result.stderr
+    assert 'database "no_such_db_for_dev" does not exist' in result.stderr
+    assert not (tmp_path / "stack.json").exists()  # nothing left recorded as running
