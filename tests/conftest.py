@@ -37,15 +37,26 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float = 900,
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env=dict(env) if env is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        return subprocess.run(
+            command,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        # What it was doing when time ran out (for a test suite: the test that hung).
+        # (bytes even with text=True: subprocess collects raw chunks until the kill)
+        raw = expired.stdout or b""
+        output = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        pytest.fail(
+            f"{' '.join(command)} ran past {timeout:.0f} s in {cwd}\n"
+            f"--- last output ---\n{output[-6000:]}",
+            pytrace=False,
+        )
 
 
 def baked_env(**overrides: str | None) -> dict[str, str]:
