@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from devstack.lifetime import (
 )
 from devstack.topology import STATE_FILE, write_state_file
 
-PROJECT_DIR = Path(__file__).parents[2]
+from tests.devstack.cli import run_cli
 
 
 @pytest.fixture
@@ -113,19 +112,6 @@ def test_a_pid_reused_by_another_process_is_left_alone(
 
     assert clear_stale_stack(state_file) == []
     assert alive(stranger)
-
-
-def run_cli(command: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEVSTACK_DIR": str(state_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "devstack", command],
-        cwd=PROJECT_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 def test_dev_refuses_to_start_over_a_running_stack_in_a_plain_sentence(

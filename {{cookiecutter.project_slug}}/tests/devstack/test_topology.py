@@ -30,6 +30,8 @@ from devstack.topology import (
     render_configs,
 )
 
+from tests.devstack.cli import run_cli
+
 PROJECT_DIR = Path(__file__).parents[2]
 
 
@@ -318,21 +320,11 @@ def test_the_launcher_refuses_a_busy_port_and_names_the_setting(tmp_path: Path) 
         listener.listen()
         port = listener.getsockname()[1]
         env = {
-            **os.environ,
             "GATEWAY_PORT": str(port),
-            "DEVSTACK_DIR": str(tmp_path),
             # No /usr/sbin: varnishd is not found, so the edge notice shows too.
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         }
-        result = subprocess.run(
-            [sys.executable, "-m", "devstack", "dev"],
-            cwd=PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli("dev", tmp_path, env)
     assert result.returncode == 1
     assert f"{port} (GATEWAY_PORT)" in result.stderr
     if shutil.which("varnishd", path=env["PATH"]) is None:
@@ -345,19 +337,8 @@ def test_the_launcher_names_a_database_it_cannot_migrate_and_stops_what_it_start
     from sqlalchemy import make_url
 
     missing = make_url(os.environ["DATABASE_URL"]).set(database="no_such_db_for_dev")
-    env = {
-        **os.environ,
-        "DATABASE_URL": missing.render_as_string(hide_password=False),
-        "DEVSTACK_DIR": str(tmp_path),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "devstack", "dev"],
-        cwd=PROJECT_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = run_cli(
+        "dev", tmp_path, {"DATABASE_URL": missing.render_as_string(hide_password=False)}
     )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
