@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import secrets
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -308,8 +309,20 @@ async def test_through_the_edge_thousands_of_requests_cost_the_origin_at_most_tw
     [after] = await fetch_many(read_stack.edge_port, [(path, {})])
     assert after.headers["x-cache"] == "MISS"
     assert body_of(after.body)["price_cents"] == 800
-    [again] = await fetch_many(read_stack.edge_port, [(path, {})])
-    assert again.headers["x-cache"] == "HIT"
+    # Then it is cached again. The update purged before answering; the product event's
+    # consumer (pubsub/handlers.py, there for writers other than this API) purges once more
+    # when it gets there, so one more read may miss before reads hit again.
+    misses_after_update = 0
+    deadline = time.monotonic() + 30
+    while True:
+        [again] = await fetch_many(read_stack.edge_port, [(path, {})])
+        assert body_of(again.body)["price_cents"] == 800
+        if again.headers["x-cache"] == "HIT":
+            break
+        misses_after_update += 1
+        assert time.monotonic() < deadline, "the updated product never became an edge hit"
+        await asyncio.sleep(0.1)
+    assert misses_after_update <= 1
     [listing] = await fetch_many(read_stack.edge_port, [(listing_path, {})])
     assert listing.headers["x-cache"] == "MISS"
     prices = {item["id"]: item["price_cents"] for item in body_of(listing.body)["items"]}
