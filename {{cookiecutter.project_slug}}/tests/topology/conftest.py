@@ -260,6 +260,12 @@ def app_log_lines(stack: LocalStack, request_id: str) -> list[dict[str, Any]]:
     return found
 
 
+def unhandled_errors(stack: LocalStack, last: int = 3) -> list[str]:
+    """The app's latest ``http.unhandled_error`` lines (with their tracebacks), for the
+    message of a proof that saw a 500: the stack's log is gone once the fixture stops it."""
+    return [line for line in stack.log().splitlines() if "http.unhandled_error" in line][-last:]
+
+
 def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

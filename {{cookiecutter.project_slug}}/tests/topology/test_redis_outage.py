@@ -38,6 +38,7 @@ from tests.topology.conftest import (
     needs_edge,
     port_of,
     sign_up,
+    unhandled_errors,
 )
 
 pytestmark = [
@@ -202,10 +203,19 @@ async def test_a_redis_kill_under_load_fails_no_read_and_nothing_after_recovery(
     # Reads: 2xx before, during and after the outage.
     for kind in ("catalog", "orders_read"):
         for name in PHASES:
-            assert table[kind][name]["non_2xx"] == 0, (kind, name, table[kind][name])
+            assert table[kind][name]["non_2xx"] == 0, (
+                kind,
+                name,
+                table[kind][name],
+                unhandled_errors(stack),
+            )
     # Writes commit with Redis gone (the job's publish fails, the outbox carries it).
     for name in PHASES:
-        assert table["orders_write"][name]["non_2xx"] == 0, (name, table["orders_write"][name])
+        assert table["orders_write"][name]["non_2xx"] == 0, (
+            name,
+            table["orders_write"][name],
+            unhandled_errors(stack),
+        )
     # Readiness said "degraded", and no instance left rotation.
     assert any(body["status"] == "degraded" for body in degraded_seen), degraded_seen[:3]
     assert all(all(up.values()) and len(up) == len(instance_urls(stack)) for up in in_rotation)
