@@ -24,6 +24,7 @@ from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.auth.user_cache import UserCache
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
 from {{ cookiecutter.project_slug }}.config import Environment, Settings
+from {{ cookiecutter.project_slug }}.exceptions import NotAuthenticated
 from {{ cookiecutter.project_slug }}.faults.injection import FaultInjectionMiddleware
 from {{ cookiecutter.project_slug }}.faults.router import router as faults_router
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
@@ -46,8 +47,9 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
 from {{ cookiecutter.project_slug }}.patterns.problem import (
     install_problem_handlers,
     install_unavailable_handler,
+    problems,
 )
-from {{ cookiecutter.project_slug }}.patterns.rate_limit import RateLimitHeaders
+from {{ cookiecutter.project_slug }}.patterns.rate_limit import RateLimited, RateLimitHeaders
 from {{ cookiecutter.project_slug }}.patterns.readiness import RecentSuccess, dependency_gauge
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
@@ -166,7 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.user_cache_ttl_seconds, settings.user_cache_max_entries
     )
 
-    install_problem_handlers(app)
+    # Every operation behind the bearer token may answer these (auth/dependencies.py).
+    install_problem_handlers(app, secured=problems(NotAuthenticated, RateLimited))
     # Postgres unreachable (refused, pool exhausted, connection lost): 503, not 500.
     install_unavailable_handler(
         app,

@@ -136,3 +136,28 @@ async def test_an_error_outside_starlettes_handler_is_still_a_problem() -> None:
         response = await client.get("/x")
     assert response.status_code == 500
     assert response.headers["content-type"] == PROBLEM_JSON
+
+
+async def test_the_schema_documents_every_error_as_a_problem(settings: Settings) -> None:
+    schema = create_app(settings).openapi()
+    operations = [op for item in schema["paths"].values() for op in item.values()]
+    errors = {
+        status: response
+        for op in operations
+        for status, response in op["responses"].items()
+        if status[0] in "45"
+    }
+    assert errors, "no error responses documented at all"
+    for response in errors.values():
+        assert response["content"] == {
+            PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}
+        }
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    # Behind the bearer token: a bad token and the per-user limit, on every such operation.
+    secured = [op for op in operations if op.get("security")]
+    assert secured
+    assert all({"401", "429"} <= set(op["responses"]) for op in secured)
+    # A route's own problems, by status.
+    product = schema["paths"]["/products/{product_id}"]
+    assert {"403", "404", "409"} <= set(product["patch"]["responses"])
+    assert "404" in product["get"]["responses"]

@@ -13,15 +13,19 @@ from {{ cookiecutter.project_slug }}.auth.schemas import (
 )
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
+from {{ cookiecutter.project_slug }}.exceptions import NotAuthenticated
 from {{ cookiecutter.project_slug }}.notifications.notifier import create_notifier
-from {{ cookiecutter.project_slug }}.patterns.rate_limit import enforce
+from {{ cookiecutter.project_slug }}.patterns.problem import problems
+from {{ cookiecutter.project_slug }}.patterns.rate_limit import RateLimited, enforce
 from {{ cookiecutter.project_slug }}.postgres import DbSession, Sessions
 from {{ cookiecutter.project_slug }}.rate_limits import account_key, client_address, policies
 
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/register", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/auth/register", status_code=status.HTTP_202_ACCEPTED, responses=problems(RateLimited)
+)
 async def register(
     body: Registration, request: Request, session: DbSession, settings: SettingsDep
 ) -> RegistrationAccepted:
@@ -35,7 +39,7 @@ async def register(
     return RegistrationAccepted(email=body.email)
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", responses=problems(NotAuthenticated, RateLimited))
 async def login(
     body: Login, request: Request, sessions: Sessions, settings: SettingsDep
 ) -> AccessToken:

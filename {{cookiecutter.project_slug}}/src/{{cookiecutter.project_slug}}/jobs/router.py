@@ -10,10 +10,12 @@ from starlette.responses import RedirectResponse
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, StaffUser
 from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
+from {{ cookiecutter.project_slug }}.exceptions import Conflict, Forbidden, NotFound
 from {{ cookiecutter.project_slug }}.jobs import service
 from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
 from {{ cookiecutter.project_slug }}.jobs.schemas import DeadLetterRead, JobFile, JobRead, Requeued
 from {{ cookiecutter.project_slug }}.models import Job, JobResult, JobStatus
+from {{ cookiecutter.project_slug }}.patterns.problem import problems
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 from {{ cookiecutter.project_slug }}.patterns.strict_input import IsoDatetime
 from {{ cookiecutter.project_slug }}.postgres import DbSession, Jobs
@@ -48,7 +50,7 @@ def job_file(result: JobResult, storage: ObjectStorage, ttl: int) -> JobFile:
     )
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=problems(NotFound))
 async def get_job(
     job_id: UUID, session: DbSession, user: CurrentUser, storage: Storage, settings: SettingsDep
 ) -> JobRead:
@@ -65,6 +67,7 @@ async def get_job(
     responses={
         307: {"description": "To a fresh presigned download URL."},
         409: {"description": "Not finished yet."},
+        **problems(NotFound),
     },
 )
 async def get_job_result(
@@ -75,7 +78,7 @@ async def get_job_result(
     return RedirectResponse(file.download_url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
 
 
-@router.get("/admin/dead-letters", tags=["admin"])
+@router.get("/admin/dead-letters", tags=["admin"], responses=problems(Forbidden))
 async def list_dead_letters(
     session: DbSession,
     _: StaffUser,
@@ -110,6 +113,7 @@ async def list_dead_letters(
     "/admin/dead-letters/{dead_letter_id}/requeue",
     tags=["admin"],
     status_code=status.HTTP_202_ACCEPTED,
+    responses=problems(Forbidden, NotFound, Conflict),
 )
 async def requeue_dead_letter(
     dead_letter_id: UUID, session: DbSession, jobs: Jobs, _: StaffUser

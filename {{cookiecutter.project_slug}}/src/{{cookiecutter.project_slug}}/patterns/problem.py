@@ -7,6 +7,9 @@ Guarantees:
 - Starlette's HTTP errors (unknown route, wrong method) get the same shape;
 - anything unexpected becomes a 500 whose body holds the request id and nothing else from the
   server: the traceback goes to the log, never to the client;
+- ``/openapi.json`` says so: every 4xx/5xx response of every operation is documented as
+  ``application/problem+json`` with one ``Problem`` schema: the ones a route lists with
+  :func:`problems`, and on every operation behind a security dependency the ``secured`` ones;
 - an unexpected error never costs the connection it arrived on (:class:`UnhandledErrorMiddleware`):
   Starlette re-raises after answering the 500, and uvicorn then closes the keep-alive connection
   under the gateway, which may already be sending another user's request on it (a 502).
@@ -207,7 +210,68 @@ class UnhandledErrorMiddleware:
             await response(scope, receive, send)
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+Problems = dict[int | str, dict[str, Any]]
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details; a 422 adds `errors`, one per bad field.",
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message", "type"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def problems(*errors: type[ProblemError]) -> Problems:
+    """``responses=`` for a route: the problems it may answer, by status (titles joined)."""
+    documented: Problems = {}
+    for error in errors:
+        entry = documented.setdefault(error.status, {"description": error.title})
+        if error.title not in entry["description"].split("; "):
+            entry["description"] += f"; {error.title}"
+    return documented
+
+
+def _document_problems(schema: dict[str, Any], secured: Problems) -> None:
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            # FastAPI marks every operation behind a security dependency (the bearer token).
+            if operation.get("security"):
+                for status, entry in secured.items():
+                    responses.setdefault(str(status), dict(entry))
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["content"] = {
+                        PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                    }
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    # FastAPI's own 422 body, which this API never sends.
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Problem"] = PROBLEM_SCHEMA
+
+
+def install_problem_handlers(app: FastAPI, *, secured: Problems | None = None) -> None:
+    """Render every error as a problem, and document it so; ``secured`` are the problems every
+    operation behind a security dependency may answer (a missing or bad token...)."""
     app.add_exception_handler(ProblemError, _problem_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -215,3 +279,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     # Starlette always puts ServerErrorMiddleware outermost; wrap what it builds.
     build_stack = app.build_middleware_stack
     setattr(app, "build_middleware_stack", lambda: UnhandledErrorMiddleware(build_stack()))  # noqa: B010
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI caches the schema (and rebuilds it after a route is added): document once.
+        schema = build_schema()
+        if "Problem" not in schema.get("components", {}).get("schemas", {}):
+            _document_problems(schema, secured or {})
+        return schema
+
+    setattr(app, "openapi", openapi)  # noqa: B010

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import StaffUser
 from {{ cookiecutter.project_slug }}.caching import AppCache
-from {{ cookiecutter.project_slug }}.exceptions import Unprocessable
+from {{ cookiecutter.project_slug }}.exceptions import Conflict, Forbidden, Unprocessable
 from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     CachePolicy,
     add_surrogate_keys,
@@ -16,10 +16,12 @@ from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     conditional,
 )
 from {{ cookiecutter.project_slug }}.patterns.keyset import Page
+from {{ cookiecutter.project_slug }}.patterns.problem import problems
 from {{ cookiecutter.project_slug }}.patterns.strict_input import contains_nul
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 from {{ cookiecutter.project_slug }}.products import service
 from {{ cookiecutter.project_slug }}.products.schemas import ProductCreate, ProductRead, ProductUpdate
+from {{ cookiecutter.project_slug }}.products.service import ProductNotFound
 
 router = APIRouter(prefix="/products", tags=["products"])
 
@@ -50,19 +52,21 @@ def _attribute_filter(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(Forbidden, Conflict))
 async def create_product(body: ProductCreate, session: DbSession, _: StaffUser) -> ProductRead:
     return await service.create_product(session, body)
 
 
-@router.patch("/{product_id}")
+@router.patch("/{product_id}", responses=problems(Forbidden, ProductNotFound, Conflict))
 async def update_product(
     product_id: UUID, body: ProductUpdate, session: DbSession, _: StaffUser
 ) -> ProductRead:
     return await service.update_product(session, product_id, body)
 
 
-@router.get("/{product_id}", dependencies=[cache_policy(CATALOG)])
+@router.get(
+    "/{product_id}", dependencies=[cache_policy(CATALOG)], responses=problems(ProductNotFound)
+)
 async def get_product(
     product_id: UUID, request: Request, session: DbSession, cache: AppCache
 ) -> ProductRead:

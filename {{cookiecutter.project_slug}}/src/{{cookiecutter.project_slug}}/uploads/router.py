@@ -8,7 +8,9 @@ from fastapi import APIRouter, Depends, status
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, user_rate_limit
 from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
+from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound
 from {{ cookiecutter.project_slug }}.models import Upload, UploadStatus
+from {{ cookiecutter.project_slug }}.patterns.problem import problems
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 from {{ cookiecutter.project_slug }}.storage import Storage
@@ -75,7 +77,7 @@ async def create_upload(
     )
 
 
-@router.get("/uploads/{upload_id}")
+@router.get("/uploads/{upload_id}", responses=problems(NotFound))
 async def get_upload(
     upload_id: UUID, session: DbSession, storage: Storage, settings: SettingsDep, user: CurrentUser
 ) -> UploadRead:
@@ -83,7 +85,7 @@ async def get_upload(
     return upload_read(upload, storage, settings.download_url_ttl)
 
 
-@router.post("/uploads/{upload_id}/complete")
+@router.post("/uploads/{upload_id}/complete", responses=problems(NotFound, Conflict))
 async def complete_upload(
     upload_id: UUID, session: DbSession, storage: Storage, settings: SettingsDep, user: CurrentUser
 ) -> UploadRead:
