@@ -4,7 +4,8 @@ Guarantees:
 - an error raised as a :class:`ProblemError` (or subclass) is rendered with its own status,
   title and detail, plus any extra members it carries;
 - request validation errors become 422 with an ``errors`` list naming each bad field;
-- Starlette's HTTP errors (unknown route, wrong method) get the same shape;
+- Starlette's HTTP errors (unknown route, wrong method) get the same shape, and a 405's
+  ``Allow`` names every method the path serves (Starlette's names one route's);
 - anything unexpected becomes a 500 whose body holds the request id and nothing else from the
   server: the traceback goes to the log, never to the client;
 - ``/openapi.json`` says so: every 4xx/5xx response of every operation is documented as
@@ -32,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_JSON = "application/problem+json"
@@ -124,13 +126,32 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path. Starlette's 405 names only the
+    first route that matched the path, and ``GET /orders`` and ``POST /orders`` are two."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail: str | None = exc.detail if isinstance(exc.detail, str) else None
     if detail == HTTPStatus(exc.status_code).phrase:
         detail = None
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
     return problem_response(
-        exc.status_code, detail=detail, instance=request.url.path, headers=exc.headers
+        exc.status_code, detail=detail, instance=request.url.path, headers=headers
     )
 
 
