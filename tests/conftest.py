@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,32 @@ from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 DEFAULT_SLUG = "ninefold_shop"
+
+
+# A baked suite's load proofs assert counts and ratios that a starved machine can break (a
+# health check missed, a pool wait past its timeout). So a suite runs alone: it takes this
+# lock exclusively, while every other test (bakes, ruff, mypy: CPU-heavy) takes it shared and
+# runs beside its peers, never beside a suite. One file for every xdist worker of the run.
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "ninefold-machine.lock"
+
+
+@contextlib.contextmanager
+def machine(*, exclusive: bool) -> Iterator[None]:
+    with MACHINE_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _share_the_machine(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("owns_machine"):
+        yield  # takes the lock itself, exclusively, around its suite
+        return
+    with machine(exclusive=False):
+        yield
 
 
 def bake(output_dir: Path, **answers: str) -> Path:

@@ -3,33 +3,14 @@ real servers, with nothing skipped."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_ok, bake, baked_env, run
-
-# Both suites run real stacks (API instances, Celery workers, Varnish, free ports picked at
-# start): they take turns, whichever xdist worker runs them, so they neither starve each other
-# of the machine's cores nor race for the same ports.
-SUITE_LOCK = Path(tempfile.gettempdir()) / "ninefold-baked-suite.lock"
-
-
-@contextlib.contextmanager
-def one_baked_suite_at_a_time() -> Iterator[None]:
-    with SUITE_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
+from tests.conftest import assert_ok, bake, baked_env, machine, run
 
 # A ceiling against a hang, not a target: a baked suite takes 10-13 min on 2 cores, and CI's
 # 45 minutes must hold both of them and the rest.
@@ -63,14 +44,16 @@ def assert_all_passed_none_skipped(output: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.owns_machine
 def test_default_bake_passes_make_lint_and_make_test(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     started = time.perf_counter()
-    project = bake(tmp_path)
     env = baked_env()
-    assert_ok(run(["make", "lint"], project, env), "make lint")
-    with one_baked_suite_at_a_time():
+    with machine(exclusive=False):
+        project = bake(tmp_path)
+        assert_ok(run(["make", "lint"], project, env), "make lint")
+    with machine(exclusive=True):
         result = run(["make", "test"], project, env, timeout=SUITE_TIMEOUT)
     assert_ok(result, "make test")
     passed = assert_all_passed_none_skipped(result.stdout)
@@ -79,6 +62,7 @@ def test_default_bake_passes_make_lint_and_make_test(
 
 
 @pytest.mark.slow
+@pytest.mark.owns_machine
 def test_minimal_bake_passes_on_throwaway_servers(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
@@ -86,10 +70,11 @@ def test_minimal_bake_passes_on_throwaway_servers(
     the path a fresh machine with Postgres and Redis installed takes."""
     # broker=rabbitmq: its topology proofs once failed here because every worker was named
     # celery@<host> and a second one on the broker died (tests/worker/test_worker_names.py).
-    project = bake(tmp_path, ci="none", broker="rabbitmq")
     env = baked_env(DATABASE_URL=None, REDIS_URL=None)
-    assert_ok(run(["make", "install"], project, env), "make install")
-    with one_baked_suite_at_a_time():
+    with machine(exclusive=False):
+        project = bake(tmp_path, ci="none", broker="rabbitmq")
+        assert_ok(run(["make", "install"], project, env), "make install")
+    with machine(exclusive=True):
         result = run(["make", "test"], project, env, timeout=SUITE_TIMEOUT)
     assert_ok(result, "make test on throwaway servers")
     passed = assert_all_passed_none_skipped(result.stdout)

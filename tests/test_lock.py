@@ -58,7 +58,7 @@ def declared_floors(project: Path) -> dict[str, str]:
     dependencies = tomllib.loads((project / "pyproject.toml").read_text())["project"]
     floors = {}
     for requirement in dependencies["dependencies"]:
-        found = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?>=([0-9.]+)", requirement)
+        found = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?>=([0-9.]+(?:[ab][0-9]+)?)", requirement)
         assert found, f"{requirement!r} has no floor"
         floors[found[1].lower()] = found[3]
     return floors

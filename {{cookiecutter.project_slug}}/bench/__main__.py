@@ -1,6 +1,15 @@
 """``make bench``: run every benchmark in turn, on the configured or throwaway servers."""
 
-from . import hot_path, http_core, orders_hot_query, pubsub, rate_limit, read_path, storage
+from . import (
+    hot_path,
+    http_core,
+    locust_run,
+    orders_hot_query,
+    pubsub,
+    rate_limit,
+    read_path,
+    storage,
+)
 from .services import services
 
 with services():
@@ -18,3 +27,5 @@ with services():
     # Server CPU per request: bare ASGI, /healthz, cached catalog, GET /orders hit and cold
     # (seeds 1.2M orders; --orders 200000 --users 2000 for a quicker run).
     hot_path.main([])
+    # A Locust crowd (200 users, 30 s) on one API process: req/s, error rate, p95.
+    locust_run.main([])

@@ -5,7 +5,10 @@
 - ``catalog``: ``GET /products`` served from the app cache;
 - ``orders_hit``: ``GET /orders`` with one user's token (served from the app cache);
 - ``orders_cold``: ``GET /orders`` rotating over every seeded user's token, the cache emptied
-  before each round (nearly every request a miss: the share is reported).
+  before each round (nearly every request a miss: the share is reported);
+- ``catalog_traced``, ``orders_cold_traced``: the same two on a second API process with
+  OpenTelemetry on (patterns/tracing.py), exporting every span to a local OTLP receiver
+  (devstack/otlp.py): what tracing costs per request.
 
 Each target gets ``--rounds`` turns of ``--duration`` seconds, in turn, so machine noise hits all
 of them alike. For each: req/s, p50, p99 and **CPU ms per request** (process CPU time over
@@ -41,10 +44,11 @@ from uuid import UUID
 import asyncpg
 import httpx
 from redis import Redis
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.api_process import uvicorn_command, wait_until_healthy
+from devstack.otlp import OtlpReceiver, otlp_receiver
 from devstack.servers import free_port
 
 from {{ cookiecutter.project_slug }}.auth.security import create_access_token
@@ -54,6 +58,7 @@ from {{ cookiecutter.project_slug }}.seed import Volume, seed_volume
 
 from .loadgen import LoadResult, run_asyncio_load
 from .read_path import HELLO, _wait_listening
+from .scratch import admin, cpu_seconds, database_url
 from .services import services
 
 RESULTS = Path(__file__).parent / "results" / "hot_path.json"
@@ -61,24 +66,8 @@ DATABASE = "{{ cookiecutter.project_slug }}_bench_hot_path"
 PAGE = 50
 
 
-def _url(name: str, driver: str = "postgresql+asyncpg") -> str:
-    base = make_url(os.environ["DATABASE_URL"])
-    return base.set(drivername=driver, database=name).render_as_string(hide_password=False)
-
-
-async def _admin(*statements: str) -> Any:
-    connection = await asyncpg.connect(_url("postgres", "postgresql"))
-    try:
-        result = None
-        for statement in statements:
-            result = await connection.fetch(statement)
-        return result
-    finally:
-        await connection.close()
-
-
 async def _seed(volume: Volume) -> None:
-    engine = create_async_engine(_url(DATABASE))
+    engine = create_async_engine(database_url(DATABASE))
     try:
         async with engine.begin() as connection:
             await seed_volume(connection, volume)
@@ -92,17 +81,15 @@ async def _seed(volume: Volume) -> None:
 def prepare(volume: Volume, reuse: bool) -> float | None:
     """Create, migrate and seed the scratch database; seconds spent (None: reused)."""
     # DATABASE is this module's constant, never input.
-    exists = asyncio.run(_admin(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"))  # noqa: S608
+    exists = asyncio.run(admin(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"))  # noqa: S608
     if reuse and exists:
         print(f"reusing {DATABASE}")
         return None
     started = time.perf_counter()
     asyncio.run(
-        _admin(
-            f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'CREATE DATABASE "{DATABASE}"'
-        )
+        admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'CREATE DATABASE "{DATABASE}"')
     )
-    upgrade_to_head(_url(DATABASE))
+    upgrade_to_head(database_url(DATABASE))
     print(f"seeding {volume.orders:,} orders over {volume.users:,} users ...", flush=True)
     asyncio.run(_seed(volume))
     return time.perf_counter() - started
@@ -110,7 +97,7 @@ def prepare(volume: Volume, reuse: bool) -> float | None:
 
 async def _user_ids() -> tuple[list[UUID], UUID]:
     """Every user that has orders, and one with the median count (a full, typical page)."""
-    connection = await asyncpg.connect(_url(DATABASE, "postgresql"))
+    connection = await asyncpg.connect(database_url(DATABASE, "postgresql"))
     try:
         rows = await connection.fetch(
             "SELECT user_id, count(*) AS n FROM orders GROUP BY user_id ORDER BY n"
@@ -120,18 +107,9 @@ async def _user_ids() -> tuple[list[UUID], UUID]:
     return [row["user_id"] for row in rows], rows[len(rows) // 2]["user_id"]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc); 0 for one that is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _backend_pids() -> list[int]:
     """The Postgres backends connected to the scratch database (the API's pool)."""
-    connection = await asyncpg.connect(_url("postgres", "postgresql"))
+    connection = await asyncpg.connect(database_url("postgres", "postgresql"))
     try:
         rows = await connection.fetch(
             "SELECT pid FROM pg_stat_activity"
@@ -163,8 +141,8 @@ def measure(target: Target, duration: float, connections: int) -> None:
     if target.before is not None:
         target.before()
     pids = asyncio.run(_backend_pids()) if target.postgres else []
-    api_before = _cpu_seconds(target.pid)
-    pg_before = {pid: _cpu_seconds(pid) for pid in pids}
+    api_before = cpu_seconds(target.pid)
+    pg_before = {pid: cpu_seconds(pid) for pid in pids}
     result = asyncio.run(
         run_asyncio_load(
             "127.0.0.1",
@@ -176,10 +154,10 @@ def measure(target: Target, duration: float, connections: int) -> None:
             rotate=target.rotate,
         )
     )
-    target.api_cpu += _cpu_seconds(target.pid) - api_before
+    target.api_cpu += cpu_seconds(target.pid) - api_before
     if target.postgres:
         after = asyncio.run(_backend_pids())
-        target.postgres_cpu += sum(_cpu_seconds(pid) - pg_before.get(pid, 0.0) for pid in after)
+        target.postgres_cpu += sum(cpu_seconds(pid) - pg_before.get(pid, 0.0) for pid in after)
     target.results.append(result)
     print(
         f"  {target.name:<12} {result.rps:>8.0f} req/s  p50 {result.p50_ms:>7.2f} ms"
@@ -203,7 +181,7 @@ def summary(target: Target) -> dict[str, Any]:
         figures["postgres_cpu_ms_per_request"] = (
             round(target.postgres_cpu / requests * 1000, 3) if requests else None
         )
-    if target.name == "orders_cold":
+    if target.name.startswith("orders_cold"):
         figures["cache_miss_share"] = round(target.misses / requests, 3) if requests else None
     return figures
 
@@ -230,26 +208,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reuse", action="store_true", help="reuse a kept scratch database")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
-    with services():  # DATABASE_URL / REDIS_URL, or throwaway servers (as make dev does)
-        return _run(args)
+    with services(), otlp_receiver(keep_spans=False) as receiver:
+        # DATABASE_URL / REDIS_URL, or throwaway servers (as make dev does)
+        return _run(args, receiver)
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
+def _run(args: argparse.Namespace, receiver: OtlpReceiver) -> dict[str, Any]:
     volume = Volume(users=args.users, orders=args.orders, products=args.products)
     seed_seconds = prepare(volume, args.reuse)
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        return _measure(args, seed_seconds, processes)
+        return _measure(args, seed_seconds, processes, receiver)
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
         if not args.keep:
-            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
 
 
 def _measure(
-    args: argparse.Namespace, seed_seconds: float | None, processes: list[subprocess.Popen[bytes]]
+    args: argparse.Namespace,
+    seed_seconds: float | None,
+    processes: list[subprocess.Popen[bytes]],
+    receiver: OtlpReceiver,
 ) -> dict[str, Any]:
     users, typical = asyncio.run(_user_ids())
     secret = secrets.token_urlsafe(48)
@@ -257,7 +239,7 @@ def _measure(
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     env = {
         **os.environ,
-        "DATABASE_URL": _url(DATABASE),
+        "DATABASE_URL": database_url(DATABASE),
         "REDIS_URL": redis_url,
         "SECRET_KEY": secret,
         "ENVIRONMENT": "test",
@@ -276,13 +258,19 @@ def _measure(
         return {"Authorization": f"Bearer {create_access_token(user_id, settings)[0]}"}
 
     tokens = [bearer(user_id) for user_id in users]
-    hello_port, api_port = free_port(), free_port()
+    hello_port, api_port, traced_port = free_port(), free_port(), free_port()
     hello = subprocess.Popen([sys.executable, "-c", HELLO.replace("{port}", str(hello_port))])  # noqa: S603
     processes.append(hello)
     api = subprocess.Popen(uvicorn_command(api_port), env=env)  # noqa: S603
     processes.append(api)
+    # Every span exported (the SDK's default sampler), in batches as in production.
+    traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "bench"}
+    traced_env["OTEL_BSP_SCHEDULE_DELAY"] = "500"  # ms: the last batch arrives soon after the load
+    traced = subprocess.Popen(uvicorn_command(traced_port), env=traced_env)  # noqa: S603
+    processes.append(traced)
     _wait_listening(hello_port)
     wait_until_healthy(api, f"http://127.0.0.1:{api_port}", timeout=120)
+    wait_until_healthy(traced, f"http://127.0.0.1:{traced_port}", timeout=120)
     redis = Redis.from_url(redis_url)
 
     def empty_order_cache() -> None:
@@ -300,6 +288,16 @@ def _measure(
             "orders_cold",
             api.pid,
             api_port,
+            orders,
+            rotate=tokens,
+            postgres=True,
+            before=empty_order_cache,
+        ),
+        Target("catalog_traced", traced.pid, traced_port, f"/products?limit={PAGE}", postgres=True),
+        Target(
+            "orders_cold_traced",
+            traced.pid,
+            traced_port,
             orders,
             rotate=tokens,
             postgres=True,
@@ -327,11 +325,19 @@ def _measure(
     for turn in range(args.rounds):
         print(f"round {turn + 1}/{args.rounds}", flush=True)
         for target in targets:
-            misses = _miss_counter(api_port) if target.name == "orders_cold" else 0.0
+            cold = target.name.startswith("orders_cold")
+            misses = _miss_counter(target.port) if cold else 0.0
             measure(target, args.duration, args.connections)
-            if target.name == "orders_cold":
-                target.misses += _miss_counter(api_port) - misses
+            if cold:
+                target.misses += _miss_counter(target.port) - misses
     redis.close()
+    # At least one span (the server span) per traced request, once the last batch arrived.
+    traced_requests = sum(
+        r.requests for t in targets if t.name.endswith("_traced") for r in t.results
+    )
+    deadline = time.monotonic() + 10
+    while receiver.span_count < traced_requests and time.monotonic() < deadline:
+        time.sleep(0.1)
 
     results: dict[str, Any] = {
         "orders": args.orders,
@@ -342,6 +348,7 @@ def _measure(
         "seconds_per_round": args.duration,
         "client": "asyncio",
         "targets": {target.name: summary(target) for target in targets},
+        "spans_exported": receiver.span_count,
         "seed_seconds": round(seed_seconds, 1) if seed_seconds else None,
         "cpu_count": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import httpx
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from devstack.api_process import uvicorn_command, wait_until_healthy
@@ -48,6 +47,7 @@ from {{ cookiecutter.project_slug }}.patterns.plan_guard import explain_analyze,
 from {{ cookiecutter.project_slug }}.seed import Volume, seed_volume
 
 from .loadgen import LoadResult, run_load
+from .scratch import admin, cpu_seconds, database_exists, database_url
 from .services import services
 
 RESULTS = Path(__file__).parent / "results" / "orders_hot_query.json"
@@ -58,35 +58,8 @@ PAGE = 50
 SEED_REPORTED_MS = 2480.0  # the seed's figure: this query, filesort, 1.2M rows
 
 
-def _url(name: str) -> str:
-    base = make_url(os.environ["DATABASE_URL"])
-    return base.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-        hide_password=False
-    )
-
-
-async def _admin(*statements: str) -> None:
-    url = make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql")
-    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-async def _exists(name: str) -> bool:
-    url = make_url(os.environ["DATABASE_URL"]).set(drivername="postgresql")
-    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
-    try:
-        found = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-    finally:
-        await connection.close()
-    return found is not None
-
-
 async def _seed(volume: Volume) -> None:
-    engine = create_async_engine(_url(INDEXED))
+    engine = create_async_engine(database_url(INDEXED))
     try:
         async with engine.begin() as connection:
             await seed_volume(connection, volume)
@@ -102,29 +75,29 @@ async def _seed(volume: Volume) -> None:
 def prepare(volume: Volume, reuse: bool) -> float | None:
     """Create, migrate and seed the indexed database and its unindexed copy; seconds spent
     (None when kept databases were reused)."""
-    if reuse and asyncio.run(_exists(INDEXED)) and asyncio.run(_exists(UNINDEXED)):
+    if reuse and asyncio.run(database_exists(INDEXED)) and asyncio.run(database_exists(UNINDEXED)):
         print("reusing the scratch databases")
         return None
     started = time.perf_counter()
     asyncio.run(
-        _admin(
+        admin(
             f'DROP DATABASE IF EXISTS "{UNINDEXED}" WITH (FORCE)',
             f'DROP DATABASE IF EXISTS "{INDEXED}" WITH (FORCE)',
             f'CREATE DATABASE "{INDEXED}"',
         )
     )
-    upgrade_to_head(_url(INDEXED))
+    upgrade_to_head(database_url(INDEXED))
     print(f"seeding {volume.orders:,} orders over {volume.users:,} users ...", flush=True)
     asyncio.run(_seed(volume))
     seconds = time.perf_counter() - started
     print(f"seeded in {seconds:.1f} s; copying without {HOT_INDEX} ...", flush=True)
-    asyncio.run(_admin(f'CREATE DATABASE "{UNINDEXED}" TEMPLATE "{INDEXED}"'))
+    asyncio.run(admin(f'CREATE DATABASE "{UNINDEXED}" TEMPLATE "{INDEXED}"'))
     asyncio.run(_drop_hot_index())
     return seconds
 
 
 async def _drop_hot_index() -> None:
-    engine = create_async_engine(_url(UNINDEXED))
+    engine = create_async_engine(database_url(UNINDEXED))
     try:
         async with engine.begin() as connection:
             await connection.execute(text(f"DROP INDEX {HOT_INDEX}"))
@@ -161,7 +134,7 @@ async def _users(connection: AsyncConnection, count: int) -> list[UUID]:
 
 async def measure_query(database: str, runs: int, explains: int, seed: int) -> dict[str, Any]:
     """Wall time of the hot statement over ``runs`` random users, and EXPLAIN ANALYZE times."""
-    engine = create_async_engine(_url(database), pool_size=1)
+    engine = create_async_engine(database_url(database), pool_size=1)
     rng = random.Random(seed)
     try:
         async with engine.connect() as connection:
@@ -194,7 +167,7 @@ async def measure_query(database: str, runs: int, explains: int, seed: int) -> d
 
 async def _typical_user() -> UUID:
     """A user with the median number of orders: the page is full, the user not an outlier."""
-    engine = create_async_engine(_url(INDEXED))
+    engine = create_async_engine(database_url(INDEXED))
     try:
         async with engine.connect() as connection:
             result = await connection.execute(
@@ -210,15 +183,6 @@ async def _typical_user() -> UUID:
         await engine.dispose()
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure_endpoint(duration: float, connections: int) -> tuple[LoadResult, float | None]:
     """Load on GET /orders; also the API process's CPU ms per request, a figure that holds
     on a machine shared with other work, where req/s does not."""
@@ -226,7 +190,7 @@ def measure_endpoint(duration: float, connections: int) -> tuple[LoadResult, flo
     secret = secrets.token_urlsafe(48)
     env = {
         **os.environ,
-        "DATABASE_URL": _url(INDEXED),
+        "DATABASE_URL": database_url(INDEXED),
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         "SECRET_KEY": secret,
         "ENVIRONMENT": "test",
@@ -250,7 +214,7 @@ def measure_endpoint(duration: float, connections: int) -> tuple[LoadResult, flo
         assert check.status_code == 200, check.text
         assert len(check.json()["items"]) == PAGE
         asyncio.run(run_load("127.0.0.1", port, path, duration=2.0, headers=headers))  # warm-up
-        cpu_before = _cpu_seconds(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         result = asyncio.run(
             run_load(
                 "127.0.0.1",
@@ -261,9 +225,9 @@ def measure_endpoint(duration: float, connections: int) -> tuple[LoadResult, flo
                 headers=headers,
             )
         )
-        cpu_after = _cpu_seconds(server.pid)
+        cpu_after = cpu_seconds(server.pid)
         cpu_ms = None
-        if cpu_before is not None and cpu_after is not None and result.requests:
+        if result.requests:
             cpu_ms = round((cpu_after - cpu_before) / result.requests * 1000, 3)
         return result, cpu_ms
     finally:
@@ -301,7 +265,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if not args.keep:
             asyncio.run(
-                _admin(
+                admin(
                     f'DROP DATABASE IF EXISTS "{UNINDEXED}" WITH (FORCE)',
                     f'DROP DATABASE IF EXISTS "{INDEXED}" WITH (FORCE)',
                 )

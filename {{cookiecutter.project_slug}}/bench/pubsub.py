@@ -36,7 +36,7 @@ from {{ cookiecutter.project_slug }}.patterns.consumer import Consumer
 from {{ cookiecutter.project_slug }}.patterns.outbox import Event, Relay
 from {{ cookiecutter.project_slug }}.pubsub.events import stock_changed, stream_name
 
-from .orders_hot_query import _admin, _url
+from .scratch import admin, database_url
 
 RESULTS = Path(__file__).parent / "results" / "pubsub.json"
 DATABASE = "{{ cookiecutter.project_slug }}_bench_pubsub"
@@ -180,10 +180,10 @@ async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict
 
 
 async def _run(subscribers: int) -> dict[str, Any]:
-    await _admin(
+    await admin(
         f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'CREATE DATABASE "{DATABASE}"'
     )
-    url = _url(DATABASE)
+    url = database_url(DATABASE)
     await asyncio.to_thread(upgrade_to_head, url)
     redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     prefix = f"bench-events-{secrets.token_hex(3)}:"
@@ -195,7 +195,7 @@ async def _run(subscribers: int) -> dict[str, Any]:
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
-        await _admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await admin(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
     return result
 
 

@@ -27,6 +27,8 @@ from devstack.servers import free_port
 
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 
+from .scratch import cpu_seconds
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 RESULTS = PROJECT_DIR / "bench" / "results" / "storage.json"
 MiB = 1024 * 1024
@@ -62,11 +64,6 @@ def create_bench_app() -> FastAPI:
         return {"etag": etag}
 
     return app
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _run(api: str, mode: str, files: int, size: int, concurrency: int) -> float:
@@ -110,9 +107,9 @@ def measure(s3: S3Server, files: int, size: int, concurrency: int) -> dict[str, 
         wait_until_healthy(server, api, health_path="/docs")
         results: dict[str, Any] = {}
         for mode in ("direct", "streamed"):
-            cpu_before = _cpu_seconds(server.pid)
+            cpu_before = cpu_seconds(server.pid)
             seconds = asyncio.run(_run(api, mode, files, size, concurrency))
-            cpu = _cpu_seconds(server.pid) - cpu_before
+            cpu = cpu_seconds(server.pid) - cpu_before
             megabytes = files * size / MiB
             results[mode] = {
                 "seconds": round(seconds, 3),

@@ -125,7 +125,7 @@ def weights_config(canary_urls: Iterable[str], weight: int) -> dict[str, Any]:
             "services": {
                 CANARY: {
                     "loadBalancer": {
-                        "healthCheck": {"path": "/readyz", "interval": "1s", "timeout": "1s"},
+                        "healthCheck": {"path": "/readyz", "interval": "1s", "timeout": "3s"},
                         "servers": [{"url": url} for url in canary_urls],
                     }
                 },

@@ -128,8 +128,7 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
     )
     try:
         env = {**environ, **urls, **render_configs(stack, project_dir, state_dir, without=without)}
-        # The Postgres exporter speaks libpq, not SQLAlchemy's driver-qualified URL.
-        env["DATA_SOURCE_NAME"] = libpq_url(env["DATABASE_URL"])
+        env["DATA_SOURCE_NAME"] = exporter_dsn(env["DATABASE_URL"])
         env |= enable_canary(canary, stack, project_dir, state_dir)
         env.setdefault("ENVIRONMENT", "development")
         env.setdefault("DRAIN_SECONDS", LOCAL_DRAIN_SECONDS)
@@ -164,6 +163,19 @@ def run_dev(instances: int | None = None, *, seed: bool = True) -> int:
         for server in reversed(started):
             server.stop()
         state_file.unlink(missing_ok=True)  # last: everything it names is stopped
+
+
+def exporter_dsn(database_url: str) -> str:
+    """The Postgres exporter's DATA_SOURCE_NAME: a plain ``postgresql://`` URL, TLS off unless
+    ``database_url`` says otherwise. Its driver (lib/pq) defaults to ``sslmode=require``, not
+    libpq's ``prefer``: against the loopback Postgres, which has no TLS, every collector failed
+    while the target still looked up (tests/topology/test_observability.py)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(libpq_url(database_url))
+    if "sslmode" not in url.query:
+        url = url.update_query_dict({"sslmode": "disable"})
+    return url.render_as_string(hide_password=False)
 
 
 def libpq_url(database_url: str) -> str:

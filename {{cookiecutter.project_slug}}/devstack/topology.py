@@ -57,8 +57,10 @@ S3_ACCESS_KEY_ID = "devstack"
 S3_SECRET_ACCESS_KEY = "devstack-secret-key"  # noqa: S105  # local throwaway S3 only
 S3_REGION = "us-east-1"
 
-# Local default for DRAIN_SECONDS: longer than the gateway's health check (1 s interval + 1 s
-# timeout) so no request fails, short enough that Ctrl-C does not keep you waiting long.
+# Local default for DRAIN_SECONDS: a draining instance answers /readyz 503 at once (no I/O), so
+# the gateway drops it within one 1 s check interval plus that answer, well inside 3 s (the 3 s
+# health-check timeout bounds a hung instance, not a draining one); short enough that Ctrl-C
+# does not keep you waiting long.
 LOCAL_DRAIN_SECONDS = "3"
 
 STATE_FILE = "stack.json"

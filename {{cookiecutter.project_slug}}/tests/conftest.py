@@ -9,6 +9,9 @@ Isolation: each xdist worker of each run gets its own database, created and migr
 meet. Each test runs inside a transaction that is rolled back afterwards; the app's own commits
 become savepoint releases.
 
+Alone: a proof marked ``alone`` reads latency (an SLO alert, a health check's timeout), which a
+load proof on the other xdist worker would turn into noise; it runs while no other test does.
+
 Committed data: proofs under concurrency need many connections and real commits, which one
 rolled-back transaction cannot give. ``live_server`` runs the real app under uvicorn in its own
 process on 127.0.0.1, on a second per-worker database; ``committed_engine`` reaches that
@@ -18,6 +21,7 @@ database from the test and empties every table (TRUNCATE) when the test ends.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -32,7 +36,6 @@ from uuid import UUID
 import anyio.to_thread
 import asyncpg
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from kombu import Connection
 from pydantic import SecretStr
@@ -55,6 +58,7 @@ from {{ cookiecutter.project_slug }}.auth.security import create_access_token
 from {{ cookiecutter.project_slug }}.config import DEFAULT_BROKER_URL, Settings
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from {{ cookiecutter.project_slug }}.models import Base
+from tests.lifespan import running
 from tests.s3_server import S3Server, run_seaweedfs
 from tests.worker_harness import JobStack, broker_url, requested_brokers, require_broker
 
@@ -112,6 +116,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
+def _run_lock_path() -> Path:
+    return Path(tempfile.gettempdir()) / f"{{ cookiecutter.project_slug }}-tests-{os.environ['TEST_RUN_ID']}.lock"
+
+
+@pytest.fixture(autouse=True)
+def _alone_or_beside_others(request: pytest.FixtureRequest) -> Iterator[None]:
+    """``alone`` tests take this run's lock exclusively, every other test takes it shared (one
+    file for all xdist workers of a run). Module and session fixtures (a stack starting) are
+    set up before it, outside the lock."""
+    exclusive = request.node.get_closest_marker("alone") is not None
+    with _run_lock_path().open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def unconsumed_jobs_namespace() -> dict[str, str]:
     """Where apps under test publish jobs that no worker consumes (the job proofs start
     their own workers on queues of their own): one queue and key prefix per run, removed
@@ -137,6 +159,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput") and "REDIS_URL" in os.environ:
         with contextlib.suppress(Exception):  # never hide the run's own result
             _forget_unconsumed_jobs()
+    if not hasattr(config, "workerinput") and "TEST_RUN_ID" in os.environ:
+        _run_lock_path().unlink(missing_ok=True)
     for server in reversed(_started):
         server.stop()
     if _throwaway_dir is not None:
@@ -263,7 +287,7 @@ async def app_client(
     # rolled back after it) never meet values another test cached.
     prefix = f"{settings.cache_key_prefix}:{secrets.token_hex(4)}"
     app = create_app(settings.model_copy(update={"cache_key_prefix": prefix}))
-    async with LifespanManager(app):
+    async with running(app):
         app.state.sessionmaker = sessionmaker
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -426,7 +450,7 @@ async def live_client(job_stack: JobStack) -> AsyncIterator[AsyncClient]:
     """The real app on the jobs database, publishing to the stack's queue: its commits are
     real commits, so the stack's workers see what its requests wrote."""
     app = create_app(job_stack.settings())
-    async with LifespanManager(app):
+    async with running(app):
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

@@ -53,9 +53,46 @@ def test_the_hot_path_benchmark_runs_with_nothing_set(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads(output.read_text())
     targets = figures["targets"]
-    assert set(targets) == {"bare_asgi", "healthz", "catalog", "orders_hit", "orders_cold"}
+    assert set(targets) == {
+        "bare_asgi",
+        "healthz",
+        "catalog",
+        "orders_hit",
+        "orders_cold",
+        "catalog_traced",
+        "orders_cold_traced",
+    }
     for name, target in targets.items():
         assert target["requests"] > 0, name
         assert target["errors"] == 0, name
         assert target["api_cpu_ms_per_request"] > 0, name
     assert targets["orders_cold"]["cache_miss_share"] > 0
+    assert targets["orders_cold_traced"]["cache_miss_share"] > 0
+    # The traced API exported its spans: the traced figures measure tracing, not a no-op.
+    traced = targets["catalog_traced"]["requests"] + targets["orders_cold_traced"]["requests"]
+    assert figures["spans_exported"] >= traced
+
+
+@pytest.mark.skipif(
+    find_postgres_binary("initdb") is None, reason="PostgreSQL server binaries not installed"
+)
+def test_the_locust_crowd_runs_with_nothing_set_and_fails_no_request(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    output = tmp_path / "locust.json"
+    # A small crowd for a few seconds: this proves the scenario and the path, not the figure.
+    command = [sys.executable, "-m", "bench.locust_run", "--users", "20", "--spawn-rate", "20"]
+    command += ["--duration", "8", "--accounts", "50", "--orders", "200", "--products", "20"]
+    command += ["--output", str(output)]
+    result = subprocess.run(
+        command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(output.read_text())
+    assert figures["locust_exit_code"] == 0, figures
+    assert figures["requests"] > 0
+    assert figures["failures"] == 0, figures["requests_by_name"]
+    # Every step of the scenario ran: browse, list, order, report.
+    assert {"GET /products", "GET /orders", "POST /orders", "POST /reports"} <= set(
+        figures["requests_by_name"]
+    ), figures["requests_by_name"]
+    assert figures["api_cpu_ms_per_request"] > 0

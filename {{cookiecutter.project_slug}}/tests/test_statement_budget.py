@@ -24,7 +24,6 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient, Response
 from redis.asyncio.connection import AbstractConnection
 from sqlalchemy import event
@@ -33,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from tests.factories import auth_headers, insert_products, insert_users
+from tests.lifespan import running
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ async def counted(
     # A cache namespace of its own: the first request of each listing is a miss.
     prefix = f"{committed_settings.cache_key_prefix}:budget-{secrets.token_hex(4)}"
     app = create_app(committed_settings.model_copy(update={"cache_key_prefix": prefix}))
-    async with LifespanManager(app):
+    async with running(app):
         event.listen(app.state.engine.sync_engine, "before_cursor_execute", on_statement)
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -177,6 +177,9 @@ class JobStack:
             # connections are shared with every other server of the run.
             "DB_POOL_SIZE": "4",
             "DB_MAX_OVERFLOW": "4",
+            # Proofs queue hundreds of requests on one row lock: they must wait for a pooled
+            # connection, not fail after the default 5 s (CI once stalled past it: a 503).
+            "DB_POOL_TIMEOUT": "60",
             **self.extra_env,
         }
         return env

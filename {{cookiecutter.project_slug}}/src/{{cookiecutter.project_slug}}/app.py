@@ -43,6 +43,7 @@ from {{ cookiecutter.project_slug }}.patterns.metrics import (
     PrometheusMiddleware,
     metrics_router,
     register_pool_metrics,
+    time_statements,
 )
 from {{ cookiecutter.project_slug }}.patterns.problem import (
     install_problem_handlers,
@@ -53,6 +54,7 @@ from {{ cookiecutter.project_slug }}.patterns.rate_limit import RateLimited, Rat
 from {{ cookiecutter.project_slug }}.patterns.readiness import RecentSuccess, dependency_gauge
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
+from {{ cookiecutter.project_slug }}.patterns.tracing import configure_tracing, instrument_app
 from {{ cookiecutter.project_slug }}.payments.provider import create_payment_provider
 from {{ cookiecutter.project_slug }}.payments.router import router as payments_router
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
@@ -64,7 +66,11 @@ from {{ cookiecutter.project_slug }}.pubsub.router import router as events_route
 from {{ cookiecutter.project_slug }}.rate_limits import build_policies, create_rate_limiter
 from {{ cookiecutter.project_slug }}.redis import create_redis
 from {{ cookiecutter.project_slug }}.reports.router import router as reports_router
-from {{ cookiecutter.project_slug }}.storage import RequestBodyBytes, create_storage
+from {{ cookiecutter.project_slug }}.storage import (
+    RequestBodyBytes,
+    create_storage,
+    s3_request_counter,
+)
 from {{ cookiecutter.project_slug }}.uploads.router import router as uploads_router
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery, warm_up
 
@@ -102,6 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         except Exception as exc:
             log.warning("jobs.broker_unreachable", error_type=type(exc).__name__)
     register_pool_metrics(app.state.metrics.registry, engine)
+    time_statements()
     app.state.payments = create_payment_provider(settings, app)
     # One Redis Streams reader per process for every SSE client (patterns/sse.py).
     app.state.fanout = Fanout(
@@ -120,7 +127,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         refresh_pubsub_metrics(app.state.pubsub_metrics, engine, redis, settings)
     )
     # One S3 client per process; presigning is local, its I/O runs in bounded threads.
-    app.state.storage = create_storage(settings)
+    app.state.storage = create_storage(
+        settings, on_request=s3_request_counter(app.state.metrics.registry)
+    )
     log.info("app.started", environment=settings.environment.value)
     try:
         # SIGTERM: fail readiness, keep serving DRAIN_SECONDS, then let the server stop.
@@ -145,6 +154,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
+    # Before the lifespan creates the engine and clients, so they are traced (if enabled).
+    configure_tracing(settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-api")
 
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
@@ -228,4 +239,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Routes that fail on purpose, for the fault-injection proofs only.
         app.include_router(faults_router)
     app.include_router(uploads_router)
+    instrument_app(app)  # outermost: the span covers everything the request does
     return app

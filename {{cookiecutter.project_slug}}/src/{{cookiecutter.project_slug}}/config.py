@@ -68,6 +68,11 @@ class Settings(DatabaseSettings):
     log_level: str = "INFO"
     # JSON lines everywhere but an interactive development terminal.
     log_json: bool = True
+    # Traces (patterns/tracing.py, docs/observability.md): OTLP over HTTP to this endpoint
+    # (a collector, Tempo, Jaeger: http://host:4318); empty = no tracing at all.
+    otel_exporter_otlp_endpoint: str = ""
+    # Each process reports as "<this>-<role>": -api, -worker, -beat, -relay, -consumers.
+    otel_service_name: str = "{{ cookiecutter.project_slug }}"
 
     redis_url: str = Field(description="redis://host:6379/0")
     redis_socket_timeout: float = Field(default=0.5, gt=0)
@@ -109,7 +114,7 @@ class Settings(DatabaseSettings):
 
     # Graceful shutdown behind a load balancer (patterns/graceful.py). After SIGTERM readiness
     # fails at once and the instance keeps serving for DRAIN_SECONDS, longer than the gateway's
-    # health-check interval plus timeout (2 s in deploy/traefik), so the load balancer takes
+    # health-check interval plus timeout (4 s in deploy/traefik), so the load balancer takes
     # it out of rotation before it stops listening.
     drain_seconds: float = Field(default=5.0, ge=0)
     # Then the server stops accepting and gives in-flight requests this long to finish.

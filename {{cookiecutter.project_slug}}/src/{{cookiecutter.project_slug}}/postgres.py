@@ -21,13 +21,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import sqlalchemy.ext.asyncio
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from {{ cookiecutter.project_slug }}.auth.user_cache import bind_user_cache
 from {{ cookiecutter.project_slug }}.caching import bind_invalidation
@@ -49,7 +45,8 @@ def create_engine(
     """The engine of one process. ``lazy_begin`` (default: on for the API only) runs reads
     without a transaction until the first write; workers keep a transaction per unit of work
     until their jobs are measured with it."""
-    engine = create_async_engine(
+    # Looked up on the module at call time: tracing (patterns/tracing.py) wraps that attribute.
+    engine = sqlalchemy.ext.asyncio.create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,

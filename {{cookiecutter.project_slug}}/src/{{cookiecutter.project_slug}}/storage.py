@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import structlog
@@ -15,7 +16,10 @@ from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 log = structlog.get_logger(__name__)
 
 
-def create_storage(settings: Settings) -> ObjectStorage:
+def create_storage(
+    settings: Settings, *, on_request: Callable[[str], None] | None = None
+) -> ObjectStorage:
+    """``on_request``: told each S3 operation made (the process's ``s3_requests_total``)."""
     return ObjectStorage(
         bucket=settings.s3_bucket,
         endpoint_url=settings.s3_endpoint_url or None,
@@ -24,7 +28,19 @@ def create_storage(settings: Settings) -> ObjectStorage:
         secret_access_key=settings.s3_secret_access_key.get_secret_value() or None,
         path_style=settings.s3_force_path_style,
         max_concurrency=settings.s3_max_concurrency,
+        on_request=on_request,
     )
+
+
+def s3_request_counter(registry: CollectorRegistry) -> Callable[[str], None]:
+    """``s3_requests_total{operation}`` in ``registry``, as a storage's ``on_request``."""
+    counter = Counter(
+        "s3_requests",
+        "S3 API calls this process made, by operation.",
+        ["operation"],
+        registry=registry,
+    )
+    return lambda operation: counter.labels(operation).inc()
 
 
 async def init_bucket(settings: Settings) -> dict[str, bool]:

@@ -15,7 +15,6 @@ import asyncio
 from collections import Counter
 
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +23,7 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.auth.security import hash_password
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.models import User
+from tests.lifespan import running
 
 pytestmark = pytest.mark.load
 
@@ -45,7 +45,7 @@ async def test_a_login_burst_larger_than_the_pool_never_times_out_on_it(
         update={"db_pool_size": POOL, "db_max_overflow": 0, "db_pool_timeout": 2.0}
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with running(app):
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
 

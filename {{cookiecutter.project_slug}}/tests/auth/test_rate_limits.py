@@ -16,7 +16,6 @@ from contextlib import AsyncExitStack
 from uuid import uuid4
 
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +25,7 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.rate_limit import QUOTA_EXCEEDED
 from tests.factories import make_user
+from tests.lifespan import running
 
 PASSWORD = "correct horse battery"
 LIMITS = {
@@ -51,7 +51,7 @@ async def limited(
     update = {**LIMITS, "rate_limit_key_prefix": prefix, **overrides}
     app = create_app(settings.model_copy(update=update))
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(LifespanManager(app))
+        await stack.enter_async_context(running(app))
         app.state.sessionmaker = sessionmaker
 
         def client_from(address: str) -> AsyncClient:

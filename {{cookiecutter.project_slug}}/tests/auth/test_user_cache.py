@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import event, update
@@ -22,6 +21,7 @@ from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.models import User
 from {{ cookiecutter.project_slug }}.postgres import DbSession
 from tests.auth.test_router import bearer, login, register
+from tests.lifespan import running
 
 TTL = 10.0
 
@@ -71,7 +71,7 @@ async def harness(
 
     event.listen(connection.sync_connection, "before_cursor_execute", count)
     try:
-        async with LifespanManager(app):
+        async with running(app):
             app.state.sessionmaker = sessionmaker
             app.state.user_cache = UserCache(TTL, 100, clock=clock)
             transport = ASGITransport(app=app, raise_app_exceptions=False)

@@ -85,6 +85,19 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+PROMTOOL_HINT = (
+    "promtool not found: install Prometheus (`apt-get install prometheus`, which ships promtool)"
+)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail(PROMTOOL_HINT, pytrace=False)
+    return found
+
+
 @pytest.fixture(scope="session")
 def production() -> list[dict[str, Any]]:
     return kustomize(DEPLOY / "k8s" / "overlays" / "production")
@@ -124,3 +137,22 @@ def gateway_config() -> dict[str, Any]:
 def traefik_static() -> dict[str, Any]:
     config: dict[str, Any] = yaml.safe_load((DEPLOY / "traefik" / "traefik.yml").read_text())
     return config
+
+
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "service.json"
+# What Grafana puts in for $__rate_interval (four scrape intervals at least) when a test runs
+# a panel's query itself.
+RATE_INTERVAL = "1m"
+
+
+def dashboard_queries() -> dict[str, list[str]]:
+    """Each panel's title and its PromQL, with Grafana's interval variable filled in."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        panel["title"]: [
+            target["expr"].replace("$__rate_interval", RATE_INTERVAL)
+            for target in panel.get("targets", [])
+        ]
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+    }

@@ -16,7 +16,10 @@ from tests.deploy.conftest import (
     traefik_static,
 )
 
-EXPECTED = {"postgres", "redis", "seaweedfs", "traefik", "varnish", "prometheus", *APP_SERVICES}
+EXPECTED = {
+    *("postgres", "redis", "seaweedfs", "traefik", "varnish", "prometheus", "grafana"),
+    *APP_SERVICES,
+}
 
 
 def seconds(duration: str) -> float:
@@ -98,7 +101,7 @@ def test_published_ports_bind_loopback_only(compose_config: dict[str, Any]) -> N
         for name, service in compose_config["services"].items()
         for port in service.get("ports", [])
     ]
-    assert {name for name, _ in published} == {"traefik", "varnish", "prometheus"}
+    assert {name for name, _ in published} == {"traefik", "varnish", "prometheus", "grafana"}
     assert all(port["host_ip"] == "127.0.0.1" for _, port in published)
 
 

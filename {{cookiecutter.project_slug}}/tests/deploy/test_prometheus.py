@@ -6,11 +6,9 @@ promtool comes with Debian's ``prometheus`` package; the test fails (never skips
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.deploy.conftest import DEPLOY, find, kustomize, pod_spec, run
@@ -18,17 +16,6 @@ from tests.deploy.conftest import DEPLOY, find, kustomize, pod_spec, run
 PROMETHEUS = DEPLOY / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 UNIT_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
-PROMTOOL_HINT = (
-    "promtool not found: install Prometheus (`apt-get install prometheus`, which ships promtool)"
-)
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.fail(PROMTOOL_HINT, pytrace=False)
-    return found
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ NOT_SETTINGS = {
     "API_PORT": "where the serve command listens (cli.py): a server argument, not app config",
     "IMAGE": "compose: which image tag to run",
     "PROMETHEUS_PORT": "compose: where the Prometheus UI is published on loopback",
+    "GRAFANA_PORT": "compose: where the Grafana UI is published on loopback",
     "POSTGRES_PASSWORD": "compose: the postgres container's password, spliced into DATABASE_URL",
     "PATH": "Dockerfile: the virtualenv on the PATH",
     "PYTHONUNBUFFERED": "Dockerfile: interpreter behaviour",
@@ -53,7 +54,9 @@ def compose_names(compose_config: dict[str, Any]) -> set[str]:
 def kubernetes_names(manifests: list[dict[str, Any]]) -> set[str]:
     names: set[str] = set()
     for manifest in manifests:
-        if manifest["kind"] == "ConfigMap":
+        # The dashboard's ConfigMap holds a file for Grafana, not environment variables.
+        labels = manifest["metadata"].get("labels", {})
+        if manifest["kind"] == "ConfigMap" and "grafana_dashboard" not in labels:
             names |= set(manifest["data"])
         if manifest["kind"] in {"Deployment", "Job"}:
             for container in pod_spec(manifest)["containers"]:

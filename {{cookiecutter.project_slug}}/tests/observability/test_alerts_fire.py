@@ -29,8 +29,13 @@ from tests.conftest import LiveServer
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "rules"
 CLIENTS = 4
 FAULT_EVERY = 5  # one request in five goes to the failing route: 20% errors, a 200x burn
+# Each client waits this long between requests: at most 100 requests/s, a fraction of what one
+# process serves. A saturated server would turn any stall of a shared machine into requests
+# over 500 ms, and the latency ticket (1% of them) would fire beside the availability page.
+PAUSE_SECONDS = 0.04
 
-pytestmark = pytest.mark.load
+# Down must not look slow: a load proof on the other worker would make it so.
+pytestmark = [pytest.mark.load, pytest.mark.alone]
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -53,6 +58,7 @@ async def _load(
                 sent += 1
                 path = fault if sent % fault_every == 0 else "/products"
                 statuses[(await http.get(path)).status_code] += 1
+                await asyncio.sleep(PAUSE_SECONDS)
 
     await asyncio.gather(*(client(offset) for offset in range(clients)))
 

@@ -422,9 +422,26 @@ async def test_an_expired_hot_key_is_served_stale_while_one_caller_reloads(
     await items.put(3, "new name", version=2)
     clock.advance(0.4)  # past the fresh TTL, inside the stale window
 
-    results = await asyncio.gather(
-        *(items.read(cache, 3, region=region, delay=0.3) for cache in [first, second] * 100)
-    )
+    # The reload waits until every other caller has its answer: "at once" is then an order of
+    # events, not a race against a 0.3 s query on a machine that may stall longer than that.
+    everyone_else_served = asyncio.Event()
+
+    async def reload_after_the_others() -> Item | None:
+        await everyone_else_served.wait()
+        return await items.load(3)
+
+    async def read(cache: Cache) -> Item | None:
+        return await cache.get_or_load(region, "3", reload_after_the_others)
+
+    reads = [asyncio.create_task(read(cache)) for cache in [first, second] * 100]
+    deadline = asyncio.get_running_loop().time() + 30
+    while (answered := sum(read.done() for read in reads)) < 199:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{answered} of 200 callers answered while one reloads; 199 should not wait"
+        )
+        await asyncio.sleep(0.01)
+    everyone_else_served.set()
+    results = await asyncio.gather(*reads)
 
     assert items.loads == 2  # the first fill and one reload, not 200
     names = [result.name for result in results if result]

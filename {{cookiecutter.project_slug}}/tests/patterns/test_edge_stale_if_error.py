@@ -105,6 +105,9 @@ async def test_the_edge_serves_stale_while_the_origin_fails_for_stale_if_error_o
 ) -> None:
     path = "/items/lamp"
     replies: list[tuple[str, int, str, int]] = []  # (phase, status, x-cache, age)
+    # When each reply's request left and its answer came, on the loop's clock: the edge decides
+    # stale-or-503 somewhere in between, so two requests in flight at once may end either way.
+    spans: list[tuple[float, float]] = []
     bodies: set[bytes] = set()
     problems: list[httpx.Response] = []
     phase = "warm"
@@ -112,8 +115,11 @@ async def test_the_edge_serves_stale_while_the_origin_fails_for_stale_if_error_o
 
     async def reader() -> None:
         async with httpx.AsyncClient(base_url=edge.url, timeout=30) as client:
+            clock = asyncio.get_running_loop().time
             while not stop_reading.is_set():
+                sent = clock()
                 response = await client.get(path)
+                spans.append((sent, clock()))
                 replies.append(
                     (
                         phase,
@@ -158,8 +164,16 @@ async def test_the_edge_serves_stale_while_the_origin_fails_for_stale_if_error_o
         stop_reading.set()
         await asyncio.gather(*readers)
 
-    first_failure = next(i for i, reply in enumerate(replies) if reply[1] != 200)
-    served, failed = replies[:first_failure], replies[first_failure:]
+    failures = [i for i, reply in enumerate(replies) if reply[1] != 200]
+    # Every request answered before the first failure was sent was within the allowance; every
+    # request sent after the first failure was answered is past it.
+    first_failure_sent = min(spans[i][0] for i in failures)
+    first_failure_answered = min(spans[i][1] for i in failures)
+    served = [
+        r for r, (_, answered) in zip(replies, spans, strict=True) if answered < first_failure_sent
+    ]
+    past = [r for r, (sent, _) in zip(replies, spans, strict=True) if sent > first_failure_answered]
+    failed = [replies[i] for i in failures]
     by_phase = {
         name: dict(Counter(f"{status} {cache}" for p, status, cache, _ in replies if p == name))
         for name in ("warm", "origin_5xx", "origin_down")
@@ -181,11 +195,13 @@ async def test_the_edge_serves_stale_while_the_origin_fails_for_stale_if_error_o
     # s-maxage + stale-if-error (Varnish's own Age of the object).
     assert stale("origin_5xx") >= 50
     assert stale("origin_down") >= 50
-    assert all(age <= S_MAXAGE + STALE_IF_ERROR for _, _, cache, age in served if cache == "STALE")
+    assert all(age <= S_MAXAGE + STALE_IF_ERROR for _, _, cache, age in replies if cache == "STALE")
     # The origin was asked (stale-if-error serves after a failure, not instead of asking).
     assert origin.served["error"] > 0
     # Then only the edge's problem: no stale copy once past the bound, no HTML error page.
     assert {status for _, status, _, _ in failed} == {503}
+    assert past, "no request was sent after the allowance was spent"
+    assert {status for _, status, _, _ in past} == {503}
     for response in problems:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["status"] == 503

@@ -17,7 +17,6 @@ from types import FrameType
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 
 from devstack.servers import free_port
@@ -25,6 +24,7 @@ from devstack.servers import free_port
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.graceful import Drain
+from tests.lifespan import running
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ async def test_while_draining_readiness_fails_and_responses_close_their_connecti
     settings: Settings,
 ) -> None:
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with running(app):
         transport = ASGITransport(app=app)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             before = await client.get("/healthz")

@@ -5,6 +5,8 @@ import time
 
 from httpx import AsyncClient
 
+from tests.worker_harness import metric_value
+
 
 async def test_metrics_count_requests_by_route_template_and_status(
     app_client: AsyncClient,
@@ -42,3 +44,17 @@ async def test_raw_ids_never_become_labels(app_client: AsyncClient) -> None:
     assert "223e4567" not in text
     assert 'route="/products/{product_id}"' in text
     assert 'route="<unmatched>"' in text
+
+
+async def test_the_bill_counts_bytes_sent_and_database_time_per_route(
+    app_client: AsyncClient,
+) -> None:
+    catalog = await app_client.get("/products")  # a cache miss: it reads Postgres
+    assert catalog.status_code == 200
+    await app_client.get("/healthz")
+    text = (await app_client.get("/metrics")).text
+    sent = metric_value(text, "http_response_body_bytes_total", route="/products")
+    assert sent == int(catalog.headers["content-length"])
+    assert metric_value(text, "http_request_db_seconds_total", route="/products") > 0
+    # A route that touches no database bills none.
+    assert 'http_request_db_seconds_total{route="/healthz"}' not in text

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from starlette.types import Receive, Scope, Send
@@ -19,6 +18,7 @@ from {{ cookiecutter.project_slug }}.patterns.problem import (
     UnhandledErrorMiddleware,
 )
 from tests.conftest import LiveServer
+from tests.lifespan import running
 
 
 class OutOfStock(ProblemError):
@@ -40,7 +40,7 @@ async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
     app: FastAPI = create_app(settings)
     app.add_api_route("/boom", raise_unexpected)
     app.add_api_route("/out-of-stock", raise_domain_error)
-    async with LifespanManager(app):
+    async with running(app):
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

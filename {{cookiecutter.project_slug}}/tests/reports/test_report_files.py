@@ -18,7 +18,6 @@ from datetime import time as day_time
 import anyio.to_thread
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from pydantic import SecretStr
 from sqlalchemy import delete, update
@@ -38,6 +37,7 @@ from {{ cookiecutter.project_slug }}.reports.tasks import SALES_REPORT, write_sa
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext, WorkerContextFactory
 from tests.factories import Caller, make_product, make_user
+from tests.lifespan import running
 from tests.s3_server import S3Server
 
 
@@ -77,7 +77,7 @@ async def reports(
     )
     app = create_app(settings)
     factory = WorkerContextFactory(settings, create_celery(settings))
-    async with LifespanManager(app):
+    async with running(app):
         worker = await factory.open()
         try:
             transport = ASGITransport(app=app, raise_app_exceptions=False)

@@ -7,7 +7,6 @@ import base64
 
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +16,7 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.products.schemas import MAX_STOCK
 from tests.factories import Caller, make_product, make_user
+from tests.lifespan import running
 
 PROBLEM_JSON = "application/problem+json"
 EXTREME = "9999-12-31T23:59:59-14:00"
@@ -144,7 +144,7 @@ async def test_a_postgres_outage_is_a_503_problem(settings: Settings) -> None:
         update={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"}
     )
     app = create_app(dead)
-    async with LifespanManager(app):
+    async with running(app):
         transport = ASGITransport(app=app)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:
             login = await client.post(

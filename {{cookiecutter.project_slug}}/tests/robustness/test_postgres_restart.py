@@ -25,7 +25,6 @@ from pathlib import Path
 
 import anyio.to_thread
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
@@ -37,6 +36,7 @@ from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.migrate import upgrade_to_head
 from tests.factories import auth_headers, insert_users
+from tests.lifespan import running
 
 pytestmark = pytest.mark.load
 
@@ -81,7 +81,7 @@ async def test_reads_survive_a_postgres_restart_under_load(
     during: Counter[int] = Counter()
     stop = asyncio.Event()
 
-    async with LifespanManager(app):
+    async with running(app):
 
         def saw(context: ExceptionContext) -> None:
             if context.is_disconnect:

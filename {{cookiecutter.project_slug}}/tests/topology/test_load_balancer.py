@@ -40,6 +40,8 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# Alone: an instance starved by another proof misses a health check and sheds its share.
+@pytest.mark.alone
 async def test_requests_are_spread_over_every_instance(
     stack: LocalStack, results: dict[str, Any]
 ) -> None:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 import pytest
-from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
+from tests.lifespan import running
 from tests.s3_server import S3Server
 
 
@@ -47,7 +47,7 @@ async def uploads_app(
         }
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with running(app):
         await empty_bucket(app.state.storage)
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://testserver") as client:

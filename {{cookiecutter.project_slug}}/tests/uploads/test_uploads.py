@@ -15,6 +15,7 @@ from {{ cookiecutter.project_slug }}.patterns.storage import sha256_b64
 from {{ cookiecutter.project_slug }}.storage import init_bucket
 from tests.factories import auth_headers, insert_users
 from tests.uploads.conftest import UploadsApp
+from tests.worker_harness import metric_value
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2000
 # The load proof's file: small enough to keep it seconds, big enough that the 1% bound
@@ -160,6 +161,27 @@ async def test_complete_is_idempotent_and_downloads_are_attachments(
         download = await s3.get(first.json()["download_url"])
         assert download.content == PNG
         assert download.headers["content-disposition"].startswith("attachment;")
+
+
+async def test_the_api_counts_its_s3_calls_and_presigning_makes_none(
+    uploads_app: UploadsApp,
+) -> None:
+    app = uploads_app
+
+    async def calls() -> float:
+        return metric_value((await app.client.get("/metrics")).text, "s3_requests_total")
+
+    [headers] = await users(app, 1)
+    before = await calls()
+    ticket = await declare(app, headers, sha256=sha256_b64(PNG))
+    assert await calls() == before  # the POST policy is signed locally
+    async with httpx.AsyncClient(timeout=30) as s3:
+        assert (await post_to_s3(s3, ticket, PNG)).status_code == 204
+    reply = await app.client.post(f"/uploads/{ticket['id']}/complete", headers=headers)
+    assert reply.status_code == 200, reply.text
+    text_ = (await app.client.get("/metrics")).text
+    assert metric_value(text_, "s3_requests_total", operation="HeadObject") >= 1
+    assert metric_value(text_, "s3_requests_total") > before
 
 
 async def test_another_users_upload_is_404_on_every_route(uploads_app: UploadsApp) -> None:

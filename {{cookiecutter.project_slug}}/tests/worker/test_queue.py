@@ -395,6 +395,8 @@ async def test_worker_metrics_expose_outcomes_durations_and_queue_depth(
     text_ = scraped()
     assert metric_value(text_, "celery_tasks_total", task="notifications.send") >= 1
     assert metric_value(text_, "celery_task_duration_seconds_count", task="notifications.send") >= 1
+    # The bill: the CPU the runs burnt, not only the time they took.
+    assert metric_value(text_, "celery_task_cpu_seconds_total", task="notifications.send") > 0
     assert (
         metric_value(text_, "celery_task_queue_wait_seconds_count", task="notifications.send") >= 1
     )

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.patterns.backoff import reconnecting
 from {{ cookiecutter.project_slug }}.patterns.outbox import Event
+from {{ cookiecutter.project_slug }}.patterns.tracing import continued
 
 log = structlog.get_logger(__name__)
 
@@ -95,16 +96,12 @@ class Consumer:
             await self.dead_letter(self.group, None, f"unreadable: {exc}", 0)
             return True
         try:
-            async with self.sessionmaker() as session:
-                inserted = await session.execute(
-                    _INBOX, {"event_id": event.event_id, "grp": self.group, "type": event.type}
-                )
-                if getattr(inserted, "rowcount", 0) == 0:
-                    self.duplicates += 1
-                    return True
-                await self.handler(session, event)
-                await session.commit()
-                await self.finish(session)
+            with continued(
+                f"events.handle {self.group}",
+                event.trace_context,
+                **{"messaging.destination.name": self.stream, "event.type": event.type},
+            ):
+                await self._handle_once(event)
         except Exception as exc:
             self._errors[message_id] = f"{type(exc).__name__}: {exc}"[:2000]
             log.warning(
@@ -115,8 +112,21 @@ class Consumer:
                 exc_info=True,
             )
             return False
-        self.handled += 1
         return True
+
+    async def _handle_once(self, event: Event) -> None:
+        """The handler's effect and the inbox row in one transaction; a duplicate does nothing."""
+        async with self.sessionmaker() as session:
+            inserted = await session.execute(
+                _INBOX, {"event_id": event.event_id, "grp": self.group, "type": event.type}
+            )
+            if getattr(inserted, "rowcount", 0) == 0:
+                self.duplicates += 1
+                return
+            await self.handler(session, event)
+            await session.commit()
+            await self.finish(session)
+        self.handled += 1
 
     async def _process(self, messages: list[tuple[Any, dict[Any, Any]]]) -> None:
         for raw_id, fields in messages:

@@ -52,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from uuid_utils.compat import uuid7
 
 from {{ cookiecutter.project_slug }}.patterns.backoff import reconnecting
+from {{ cookiecutter.project_slug }}.patterns.tracing import current_context
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +108,10 @@ class Event:
 def _context() -> tuple[str | None, dict[str, str]]:
     bound = structlog.contextvars.get_contextvars()
     request_id = bound.get("request_id")
-    trace = {k: str(bound[k]) for k in ("traceparent", "tracestate") if bound.get(k)}
+    # The current span's (patterns/tracing.py), else a trace context bound in the log context.
+    trace = current_context() or {
+        k: str(bound[k]) for k in ("traceparent", "tracestate") if bound.get(k)
+    }
     return (str(request_id) if request_id else None), trace
 
 
@@ -122,8 +126,8 @@ _INSERT = text(
 async def add(session: AsyncSession, *events: Event) -> None:
     """Write ``events`` into the session's transaction (call after taking the aggregate's lock).
 
-    The request id and trace context bound in structlog's context are captured when the event
-    does not carry its own.
+    The request id bound in structlog's context and the current trace context are captured
+    when the event does not carry its own.
     """
     if not events:
         return

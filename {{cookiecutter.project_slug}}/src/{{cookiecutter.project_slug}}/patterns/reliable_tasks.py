@@ -212,6 +212,8 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         )
         published_at = request.get("published_at")
         started = time.perf_counter()
+        # A prefork child runs one task at a time: its CPU time over the run is the task's.
+        cpu_started = time.process_time()
         outcome = "failed"
         try:
             result = super().__call__(*args, **kwargs)
@@ -258,7 +260,8 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         finally:
             duration = time.perf_counter() - started
             if runtime.metrics is not None:
-                runtime.metrics.observe(self.name, outcome, duration, published_at)
+                cpu = time.process_time() - cpu_started
+                runtime.metrics.observe(self.name, outcome, duration, published_at, cpu_seconds=cpu)
             log.info(
                 "task.finished",
                 outcome=outcome,

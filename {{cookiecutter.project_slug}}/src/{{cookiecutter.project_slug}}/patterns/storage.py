@@ -9,7 +9,8 @@ never takes every thread.
 
 Needs: one :class:`ObjectStorage` per process, created and closed by the app's lifespan (or the
 worker's process start). Endpoint, region, credentials and path-style addressing are arguments,
-so SeaweedFS, MinIO, R2 and AWS need no code change. Imports no domain.
+so SeaweedFS, MinIO, R2 and AWS need no code change. ``on_request`` hears the operation name of
+every S3 call made (a metric's counter, for the bill). Imports no domain.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class ObjectStorage:
         max_concurrency: int = 16,
         connect_timeout: float = 2.0,
         read_timeout: float = 30.0,
+        on_request: Callable[[str], None] | None = None,
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url or None
@@ -110,6 +112,14 @@ class ObjectStorage:
             region_name=region,
         )
         self.client: S3Client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        if on_request is not None:
+            # Every call S3 bills, by operation (PutObject, HeadObject...), answered or failed;
+            # presigning makes none.
+            def counted(model: Any, **_: Any) -> None:
+                on_request(model.name)
+
+            self.client.meta.events.register("after-call.s3", counted)
+            self.client.meta.events.register("after-call-error.s3", counted)
         self._limiter = anyio.CapacityLimiter(max_concurrency)
 
     async def _run(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

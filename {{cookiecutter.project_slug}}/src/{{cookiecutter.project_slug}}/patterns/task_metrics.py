@@ -1,11 +1,13 @@
 """Prometheus metrics for Celery workers: task outcomes, durations, queue wait and depth.
 
 Guarantees: ``celery_tasks_total{task,outcome}`` (succeeded, duplicate, retried, failed),
-``celery_task_duration_seconds{task}``, ``celery_task_queue_wait_seconds{task}`` (publish to
-start, from the ``published_at`` header) and ``celery_queue_depth{queue}`` read from the
-broker at scrape time. Prefork children each write their own samples to files in
-``PROMETHEUS_MULTIPROC_DIR`` and the parent serves the sum, so counts survive a child being
-replaced (``max_tasks_per_child``, a crash) and nothing is counted twice.
+``celery_task_duration_seconds{task}``, ``celery_task_cpu_seconds_total{task}`` (the bill: CPU
+the runs burnt), ``s3_requests_total{operation}`` (when the storage reports its calls here),
+``celery_task_queue_wait_seconds{task}`` (publish to start, from the ``published_at`` header)
+and ``celery_queue_depth{queue}`` read from the broker at scrape time. Prefork children each
+write their own samples to files in ``PROMETHEUS_MULTIPROC_DIR`` and the parent serves the sum,
+so counts survive a child being replaced (``max_tasks_per_child``, a crash) and nothing is
+counted twice.
 
 Needs: prometheus-client; :func:`enable_multiprocess` before any metric is created (the
 worker command calls it first), and :func:`serve_metrics` in the parent process.
@@ -62,6 +64,18 @@ class TaskMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.cpu_seconds = Counter(
+            "celery_task_cpu_seconds",
+            "CPU seconds task deliveries used, by task name.",
+            ["task"],
+            registry=registry,
+        )
+        self.s3_requests = Counter(
+            "s3_requests",
+            "S3 API calls this worker made, by operation.",
+            ["operation"],
+            registry=registry,
+        )
         self.queue_wait = Histogram(
             "celery_task_queue_wait_seconds",
             "Time from publish to the start of the run, by task name.",
@@ -70,12 +84,24 @@ class TaskMetrics:
             registry=registry,
         )
 
-    def observe(self, task: str, outcome: str, duration: float, published_at: object) -> None:
+    def observe(
+        self,
+        task: str,
+        outcome: str,
+        duration: float,
+        published_at: object,
+        *,
+        cpu_seconds: float = 0.0,
+    ) -> None:
         self.outcomes.labels(task, outcome).inc()
         self.duration.labels(task).observe(duration)
+        self.cpu_seconds.labels(task).inc(max(cpu_seconds, 0.0))
         if isinstance(published_at, (int, float)):
             waited = time.time() - duration - published_at
             self.queue_wait.labels(task).observe(max(waited, 0.0))
+
+    def s3_request(self, operation: str) -> None:
+        self.s3_requests.labels(operation).inc()
 
     def process_exited(self, pid: int) -> None:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -25,6 +25,7 @@ from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.after_commit import finish_commit
 from {{ cookiecutter.project_slug }}.patterns.consumer import Consumer
 from {{ cookiecutter.project_slug }}.patterns.outbox import Event, Relay
+from {{ cookiecutter.project_slug }}.patterns.tracing import configure_tracing
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
 from {{ cookiecutter.project_slug }}.pubsub.events import stream_name
 from {{ cookiecutter.project_slug }}.pubsub.handlers import SUBSCRIPTIONS, Subscription, record_dead_letter
@@ -71,6 +72,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def run_relay(settings: Settings) -> None:
+    configure_tracing(settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-relay")
     engine = create_engine(
         settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}),
         application_name="relay",
@@ -108,6 +110,8 @@ def _stream(prefix: str, event: Event) -> str:
 async def run_consumers(
     settings: Settings, subscriptions: Sequence[Subscription] = SUBSCRIPTIONS
 ) -> None:
+    service = f"{settings.otel_service_name}-consumers"
+    configure_tracing(settings.otel_exporter_otlp_endpoint, service)
     engine = create_engine(
         settings.model_copy(update={"db_pool_size": len(subscriptions) + 1}),
         application_name="consumers",

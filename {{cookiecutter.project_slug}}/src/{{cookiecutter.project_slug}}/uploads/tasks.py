@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
-from {{ cookiecutter.project_slug }}.storage import create_storage
 from {{ cookiecutter.project_slug }}.uploads.service import sweep_abandoned
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 
@@ -15,9 +14,5 @@ SWEEP = "uploads.sweep_abandoned"
 @job(SWEEP)
 async def sweep_abandoned_uploads(ctx: WorkerContext) -> int:
     """Idempotent: a second run finds nothing older than the cut-off left to remove."""
-    storage = create_storage(ctx.settings)
-    try:
-        async with ctx.transaction() as session:
-            return await sweep_abandoned(session, storage, ctx.settings, now=datetime.now(UTC))
-    finally:
-        storage.close()
+    async with ctx.transaction() as session:
+        return await sweep_abandoned(session, ctx.storage, ctx.settings, now=datetime.now(UTC))

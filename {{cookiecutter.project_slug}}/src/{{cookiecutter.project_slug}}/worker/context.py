@@ -7,7 +7,7 @@ then publishes any follow-up jobs, exactly like a request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from uuid import UUID
@@ -70,6 +70,8 @@ class WorkerContext:
 class WorkerContextFactory:
     settings: Settings
     app: Celery
+    # Told each S3 operation made (the worker's s3_requests_total), when metrics are on.
+    on_s3_request: Callable[[str], None] | None = None
 
     async def open(self) -> WorkerContext:
         # A worker process runs one task at a time: one connection, and one more for the
@@ -83,7 +85,7 @@ class WorkerContextFactory:
             redis=create_redis(self.settings),
             notifier=create_notifier(self.settings.notifier),
             publish=celery_publisher(self.app),
-            storage=create_storage(self.settings),
+            storage=create_storage(self.settings, on_request=self.on_s3_request),
             # Its own registry: the worker exports no cache metrics of its own yet.
             cache=create_cache(self.settings, CollectorRegistry()),
             purger=create_purger(self.settings),

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, setup_logging, worker_init, worker_ready, worker_shutdown
+from celery.signals import (
+    beat_init,
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.logging import configure_logging
@@ -27,6 +35,7 @@ from {{ cookiecutter.project_slug }}.patterns.task_metrics import (
     serve_metrics,
     serve_publish_metrics,
 )
+from {{ cookiecutter.project_slug }}.patterns.tracing import configure_tracing, shutdown_tracing
 from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContextFactory
 from {{ cookiecutter.project_slug }}.worker.heartbeat import Heartbeat
@@ -40,7 +49,9 @@ def _use_our_logging(settings: Settings) -> None:
 def create_worker_app(settings: Settings, *, metrics: TaskMetrics | None = None) -> Celery:
     """The Celery app with the async runtime installed: what a worker process runs."""
     app = create_celery(settings)
-    factory = WorkerContextFactory(settings, app)
+    factory = WorkerContextFactory(
+        settings, app, on_s3_request=metrics.s3_request if metrics is not None else None
+    )
     install_job_runtime(
         app,
         JobRuntime(
@@ -73,6 +84,10 @@ def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
 
 def run_worker(extra_args: list[str]) -> int:
     settings = Settings()
+    # In each prefork child, before the job runtime opens its engine (connected first).
+    endpoint, service = settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-worker"
+    worker_process_init.connect(lambda **_: configure_tracing(endpoint, service), weak=False)
+    worker_process_shutdown.connect(lambda **_: shutdown_tracing(), weak=False)
     metrics = None
     if settings.worker_metrics_port:
         # Before any metric exists: prefork children write samples the parent can sum.
@@ -132,6 +147,7 @@ def worker_argv(settings: Settings, extra_args: list[str]) -> list[str]:
 
 def run_beat(extra_args: list[str]) -> int:
     settings = Settings()
+    configure_tracing(settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-beat")
     app = create_celery(settings)
     app.set_current()
     _use_our_logging(settings)
