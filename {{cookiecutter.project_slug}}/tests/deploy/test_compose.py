@@ -18,6 +18,7 @@ from tests.deploy.conftest import (
 
 EXPECTED = {
     *("postgres", "redis", "seaweedfs", "traefik", "varnish", "prometheus", "grafana"),
+    *("postgres-exporter", "redis-exporter"),
     *APP_SERVICES,
 }
 
