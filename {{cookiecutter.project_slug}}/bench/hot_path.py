@@ -269,8 +269,8 @@ def _measure(
     traced = subprocess.Popen(uvicorn_command(traced_port), env=traced_env)  # noqa: S603
     processes.append(traced)
     _wait_listening(hello_port)
-    wait_until_healthy(api, f"http://127.0.0.1:{api_port}", timeout=120)
-    wait_until_healthy(traced, f"http://127.0.0.1:{traced_port}", timeout=120)
+    wait_until_healthy(api, f"http://127.0.0.1:{api_port}")
+    wait_until_healthy(traced, f"http://127.0.0.1:{traced_port}")
     redis = Redis.from_url(redis_url)
 
     def empty_order_cache() -> None:

@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             base_url = f"http://127.0.0.1:{port}"
-            wait_until_healthy(api, base_url, timeout=120)
+            wait_until_healthy(api, base_url)
             cpu_before = cpu_seconds(api.pid)
             command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"]
             command += ["--host", base_url, "--users", str(args.users)]

@@ -24,7 +24,7 @@ from {{ cookiecutter.project_slug }}.auth.router import router as auth_router
 from {{ cookiecutter.project_slug }}.auth.user_cache import UserCache
 from {{ cookiecutter.project_slug }}.caching import create_cache, create_purger
 from {{ cookiecutter.project_slug }}.config import Environment, Settings
-from {{ cookiecutter.project_slug }}.exceptions import NotAuthenticated
+from {{ cookiecutter.project_slug }}.exceptions import Forbidden, NotAuthenticated
 from {{ cookiecutter.project_slug }}.faults.injection import FaultInjectionMiddleware
 from {{ cookiecutter.project_slug }}.faults.router import router as faults_router
 from {{ cookiecutter.project_slug }}.health.router import router as health_router
@@ -155,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings)
     # Before the lifespan creates the engine and clients, so they are traced (if enabled).
-    configure_tracing(settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-api")
+    configure_tracing(*settings.tracing_for("api"))
 
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
@@ -179,8 +179,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.user_cache_ttl_seconds, settings.user_cache_max_entries
     )
 
-    # Every operation behind the bearer token may answer these (auth/dependencies.py).
-    install_problem_handlers(app, secured=problems(NotAuthenticated, RateLimited))
+    # Every operation behind the bearer token may answer these, and every staff route a 403
+    # (auth/dependencies.py).
+    install_problem_handlers(
+        app, secured=problems(NotAuthenticated, RateLimited), restricted=problems(Forbidden)
+    )
     # Postgres unreachable (refused, pool exhausted, connection lost): 503, not 500.
     install_unavailable_handler(
         app,

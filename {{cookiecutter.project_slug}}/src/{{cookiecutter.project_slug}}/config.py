@@ -396,6 +396,10 @@ class Settings(DatabaseSettings):
             )
         return self
 
+    def tracing_for(self, role: str) -> tuple[str, str]:
+        """The OTLP endpoint and the service name a process of ``role`` reports traces under."""
+        return self.otel_exporter_otlp_endpoint, f"{self.otel_service_name}-{role}"
+
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url

@@ -93,6 +93,23 @@ async def test_malformed_json_is_a_422_problem(client: AsyncClient) -> None:
     assert response.headers["content-type"] == PROBLEM_JSON
 
 
+async def test_an_unreadable_body_is_a_documented_400_problem(
+    client: AsyncClient, settings: Settings
+) -> None:
+    response = await client.post(
+        "/auth/register", content=b"{\xff}", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == PROBLEM_JSON
+    # Every operation that takes a body says so in the schema.
+    schema = create_app(settings).openapi()
+    bodied = [
+        op for item in schema["paths"].values() for op in item.values() if "requestBody" in op
+    ]
+    assert bodied
+    assert all("400" in op["responses"] for op in bodied)
+
+
 async def test_domain_errors_carry_their_status_and_extensions(client: AsyncClient) -> None:
     response = await client.get("/out-of-stock")
     assert response.status_code == 409
@@ -173,6 +190,27 @@ async def test_the_schema_documents_every_error_as_a_problem(settings: Settings)
     secured = [op for op in operations if op.get("security")]
     assert secured
     assert all({"401", "429"} <= set(op["responses"]) for op in secured)
+    # Staff routes name the role in their requirement, and exactly those document a 403.
+    forbidding = {
+        f"{method.upper()} {path}"
+        for path, item in schema["paths"].items()
+        for method, op in item.items()
+        if "403" in op["responses"]
+    }
+    assert forbidding == {
+        "POST /products",
+        "PATCH /products/{product_id}",
+        "POST /reports",
+        "GET /admin/dead-letters",
+        "POST /admin/dead-letters/{dead_letter_id}/requeue",
+    }
+    staff = {
+        f"{method.upper()} {path}"
+        for path, item in schema["paths"].items()
+        for method, op in item.items()
+        if op.get("security") == [{"HTTPBearer": ["staff"]}]
+    }
+    assert staff == forbidding
     # A route's own problems, by status.
     product = schema["paths"]["/products/{product_id}"]
     assert {"403", "404", "409"} <= set(product["patch"]["responses"])

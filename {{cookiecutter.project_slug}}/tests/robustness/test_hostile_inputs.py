@@ -88,7 +88,13 @@ async def test_stock_delta_cannot_push_stock_past_the_limit(
 
 @pytest.mark.parametrize(
     "body",
-    [{"stock_delta": False}, {"stock_delta": True}, {"price_cents": True}, {"stock_delta": "5"}],
+    [
+        {"stock_delta": False},
+        {"stock_delta": True},
+        {"price_cents": True},
+        {"stock_delta": "5"},
+        {"price_cents": 12.5},
+    ],
 )
 async def test_booleans_and_strings_are_not_integers(
     app_client: AsyncClient, staff: Caller, session: AsyncSession, body: dict[str, object]
@@ -96,6 +102,17 @@ async def test_booleans_and_strings_are_not_integers(
     product = await make_product(session)
     response = await app_client.patch(f"/products/{product.id}", json=body, headers=staff.headers)
     assert_problem(response, 422)
+
+
+async def test_an_integer_written_with_a_zero_fraction_is_an_integer(
+    app_client: AsyncClient, staff: Caller, session: AsyncSession
+) -> None:
+    # JSON Schema's "integer" includes 2046.0, and the schema is the contract clients test with.
+    product = await make_product(session)
+    body = {"price_cents": 2046.0}
+    response = await app_client.patch(f"/products/{product.id}", json=body, headers=staff.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["price_cents"] == 2046
 
 
 async def test_an_order_quantity_of_true_is_a_422(

@@ -10,7 +10,7 @@ from starlette.responses import RedirectResponse
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import CurrentUser, StaffUser
 from {{ cookiecutter.project_slug }}.dependencies import SettingsDep
-from {{ cookiecutter.project_slug }}.exceptions import Conflict, Forbidden, NotFound
+from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound
 from {{ cookiecutter.project_slug }}.jobs import service
 from {{ cookiecutter.project_slug }}.jobs.repository import JobRepository
 from {{ cookiecutter.project_slug }}.jobs.schemas import DeadLetterRead, JobFile, JobRead, Requeued
@@ -78,7 +78,7 @@ async def get_job_result(
     return RedirectResponse(file.download_url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
 
 
-@router.get("/admin/dead-letters", tags=["admin"], responses=problems(Forbidden))
+@router.get("/admin/dead-letters", tags=["admin"])
 async def list_dead_letters(
     session: DbSession,
     _: StaffUser,
@@ -113,7 +113,7 @@ async def list_dead_letters(
     "/admin/dead-letters/{dead_letter_id}/requeue",
     tags=["admin"],
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problems(Forbidden, NotFound, Conflict),
+    responses=problems(NotFound, Conflict),
 )
 async def requeue_dead_letter(
     dead_letter_id: UUID, session: DbSession, jobs: Jobs, _: StaffUser

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from {{ cookiecutter.project_slug }}.models import OrderStatus
+from {{ cookiecutter.project_slug }}.patterns.strict_input import JsonInteger
 
 MAX_LINES = 100
 MAX_QUANTITY = 1000
@@ -15,7 +17,7 @@ class OrderLine(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_id: UUID
-    quantity: int = Field(ge=1, le=MAX_QUANTITY, strict=True)
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY, strict=True), JsonInteger]
 
 
 class OrderCreate(BaseModel):

@@ -270,14 +270,24 @@ def problems(*errors: type[ProblemError]) -> Problems:
     return documented
 
 
-def _document_problems(schema: dict[str, Any], secured: Problems) -> None:
+def _document_problems(schema: dict[str, Any], secured: Problems, restricted: Problems) -> None:
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
-            # FastAPI marks every operation behind a security dependency (the bearer token).
-            if operation.get("security"):
-                for status, entry in secured.items():
-                    responses.setdefault(str(status), dict(entry))
+            # FastAPI marks every operation behind a security dependency (the bearer token),
+            # with the scopes or role names its dependencies ask for.
+            requirements = operation.get("security", [])
+            needs_role = any(
+                roles for requirement in requirements for roles in requirement.values()
+            )
+            for status, entry in (secured if requirements else {}).items():
+                responses.setdefault(str(status), dict(entry))
+            for status, entry in (restricted if needs_role else {}).items():
+                responses.setdefault(str(status), dict(entry))
+            if "requestBody" in operation:
+                # FastAPI's answer to a body it cannot read at all (bytes that are not UTF-8);
+                # one that reads but is not JSON is a 422 like any other bad field.
+                responses.setdefault("400", {"description": "Bad Request (unreadable body)"})
             for status, response in responses.items():
                 if status[0] in "45":
                     response["content"] = {
@@ -290,9 +300,12 @@ def _document_problems(schema: dict[str, Any], secured: Problems) -> None:
     schemas["Problem"] = PROBLEM_SCHEMA
 
 
-def install_problem_handlers(app: FastAPI, *, secured: Problems | None = None) -> None:
+def install_problem_handlers(
+    app: FastAPI, *, secured: Problems | None = None, restricted: Problems | None = None
+) -> None:
     """Render every error as a problem, and document it so; ``secured`` are the problems every
-    operation behind a security dependency may answer (a missing or bad token...)."""
+    operation behind a security dependency may answer (a missing or bad token...), and
+    ``restricted`` those of every operation whose requirement names a scope or role (403)."""
     app.add_exception_handler(ProblemError, _problem_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -306,7 +319,7 @@ def install_problem_handlers(app: FastAPI, *, secured: Problems | None = None) -
         # FastAPI caches the schema (and rebuilds it after a route is added): document once.
         schema = build_schema()
         if "Problem" not in schema.get("components", {}).get("schemas", {}):
-            _document_problems(schema, secured or {})
+            _document_problems(schema, secured or {}, restricted or {})
         return schema
 
     setattr(app, "openapi", openapi)  # noqa: B010

@@ -3,7 +3,10 @@
 Guarantees (each a 422 at validation instead of an error deep in the request):
 - :data:`PgText` / :data:`PgJsonObject`: no NUL character (U+0000) in a string, nor in any key
   or string inside a JSON value: Postgres ``text`` and ``jsonb`` cannot hold one and raise;
-- :data:`StrictInt`: a JSON integer only, never ``true``/``false`` or ``"12"``;
+- :data:`JsonInteger`, in ``Annotated[int, Field(ge=0, strict=True), JsonInteger]``: a JSON
+  integer as JSON Schema means one (``12``, also ``12.0``), never ``true``/``false``, ``"12"``
+  or ``12.5``. Bounds go in that ``Field``, before it: pydantic cannot carry a bound placed
+  after a before-validator into the schema (it writes ``ge``, not ``minimum``);
 - :data:`IsoDatetime`: an ISO 8601 timestamp only (pydantic would read ``0.5`` as seconds
   since 1970), aware, and inside the range Postgres and Python can both compare in UTC.
 
@@ -17,7 +20,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator
 
 T = TypeVar("T")
 NUL = "\x00"
@@ -37,6 +40,14 @@ def contains_nul(value: Any) -> bool:
 def refuse_nul(value: T) -> T:
     if contains_nul(value):
         raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's "integer" is any number with a zero fraction, so 2046.0 is one; pydantic's
+    # strict int refuses it, and its lax int would also take "12" and true.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
@@ -60,5 +71,5 @@ def _in_utc_range(value: datetime) -> datetime:
 
 PgText = Annotated[str, AfterValidator(refuse_nul)]
 PgJsonObject = Annotated[dict[str, Any], AfterValidator(refuse_nul)]
-StrictInt = Annotated[int, Field(strict=True)]
+JsonInteger = BeforeValidator(_json_integer)
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_in_utc_range)]

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from {{ cookiecutter.project_slug }}.patterns.strict_input import JsonInteger
 
 PAYMENT_SUCCEEDED = "payment.succeeded"
 
 
 class PaymentEventData(BaseModel):
     order_id: UUID
-    amount_cents: int = Field(ge=0)
+    amount_cents: Annotated[int, Field(ge=0, strict=True), JsonInteger]
     payment_id: str = Field(min_length=1, max_length=255)
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import StaffUser
 from {{ cookiecutter.project_slug }}.caching import AppCache
-from {{ cookiecutter.project_slug }}.exceptions import Conflict, Forbidden, Unprocessable
+from {{ cookiecutter.project_slug }}.exceptions import Conflict, Unprocessable
 from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     CachePolicy,
     add_surrogate_keys,
@@ -52,12 +52,12 @@ def _attribute_filter(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(Forbidden, Conflict))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=problems(Conflict))
 async def create_product(body: ProductCreate, session: DbSession, _: StaffUser) -> ProductRead:
     return await service.create_product(session, body)
 
 
-@router.patch("/{product_id}", responses=problems(Forbidden, ProductNotFound, Conflict))
+@router.patch("/{product_id}", responses=problems(ProductNotFound, Conflict))
 async def update_product(
     product_id: UUID, body: ProductUpdate, session: DbSession, _: StaffUser
 ) -> ProductRead:

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from {{ cookiecutter.project_slug }}.models import Product
-from {{ cookiecutter.project_slug }}.patterns.strict_input import PgJsonObject, PgText
+from {{ cookiecutter.project_slug }}.patterns.strict_input import JsonInteger, PgJsonObject, PgText
 
 # Generous, but bounded: a price or a stock figure outside these is a typo, not a product.
 MAX_PRICE_CENTS = 10**10
@@ -19,9 +19,9 @@ class ProductCreate(BaseModel):
 
     sku: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: PgText = Field(min_length=1, max_length=200)
-    price_cents: int = Field(ge=0, le=MAX_PRICE_CENTS, strict=True)
+    price_cents: Annotated[int, Field(ge=0, le=MAX_PRICE_CENTS, strict=True), JsonInteger]
     attributes: PgJsonObject = Field(default_factory=dict)
-    stock: int = Field(default=0, ge=0, le=MAX_STOCK, strict=True)
+    stock: Annotated[int, Field(ge=0, le=MAX_STOCK, strict=True), JsonInteger] = 0
 
 
 class ProductUpdate(BaseModel):
@@ -31,12 +31,16 @@ class ProductUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: PgText | None = Field(default=None, min_length=1, max_length=200)
-    price_cents: int | None = Field(default=None, ge=0, le=MAX_PRICE_CENTS, strict=True)
+    price_cents: (
+        Annotated[int, Field(ge=0, le=MAX_PRICE_CENTS, strict=True), JsonInteger] | None
+    ) = None
     attributes: PgJsonObject | None = None
     # A delta, not an absolute value: "set stock to 10" would overwrite the sales made
     # between the stocktake and the request; "+10" composes with them. The stock it leaves
     # must stay within 0..MAX_STOCK (409 otherwise), as on create.
-    stock_delta: int | None = Field(default=None, ge=-MAX_STOCK, le=MAX_STOCK, strict=True)
+    stock_delta: (
+        Annotated[int, Field(ge=-MAX_STOCK, le=MAX_STOCK, strict=True), JsonInteger] | None
+    ) = None
 
 
 class ProductRead(BaseModel):

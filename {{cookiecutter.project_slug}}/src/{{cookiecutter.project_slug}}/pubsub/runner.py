@@ -72,7 +72,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def run_relay(settings: Settings) -> None:
-    configure_tracing(settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-relay")
+    configure_tracing(*settings.tracing_for("relay"))
     engine = create_engine(
         settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}),
         application_name="relay",
@@ -110,8 +110,7 @@ def _stream(prefix: str, event: Event) -> str:
 async def run_consumers(
     settings: Settings, subscriptions: Sequence[Subscription] = SUBSCRIPTIONS
 ) -> None:
-    service = f"{settings.otel_service_name}-consumers"
-    configure_tracing(settings.otel_exporter_otlp_endpoint, service)
+    configure_tracing(*settings.tracing_for("consumers"))
     engine = create_engine(
         settings.model_copy(update={"db_pool_size": len(subscriptions) + 1}),
         application_name="consumers",

@@ -5,10 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import StaffUser
-from {{ cookiecutter.project_slug }}.exceptions import Forbidden
 from {{ cookiecutter.project_slug }}.jobs.router import job_read
 from {{ cookiecutter.project_slug }}.jobs.schemas import JobRead
-from {{ cookiecutter.project_slug }}.patterns.problem import problems
 from {{ cookiecutter.project_slug }}.postgres import DbSession, Jobs
 from {{ cookiecutter.project_slug }}.reports import service
 from {{ cookiecutter.project_slug }}.reports.schemas import SalesReportRequest
@@ -21,7 +19,6 @@ router = APIRouter(tags=["reports"])
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         202: {"description": "Accepted; poll the job at the Location header."},
-        **problems(Forbidden),
     },
 )
 async def request_sales_report(

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from {{ cookiecutter.project_slug }}.models import UploadPurpose, UploadStatus
+from {{ cookiecutter.project_slug }}.patterns.strict_input import JsonInteger
 
 SHA256_B64 = r"^[A-Za-z0-9+/]{43}=$"
 
@@ -16,7 +18,11 @@ class UploadCreate(BaseModel):
     purpose: UploadPurpose
     filename: str = Field(min_length=1, max_length=255)
     content_type: str = Field(min_length=3, max_length=127)
-    size: int = Field(gt=0, description="Bytes; the upload is refused above it.")
+    size: Annotated[
+        int,
+        Field(gt=0, strict=True, description="Bytes; the upload is refused above it."),
+        JsonInteger,
+    ]
     sha256: str | None = Field(
         default=None, pattern=SHA256_B64, description="Base64 SHA-256 of the whole file."
     )

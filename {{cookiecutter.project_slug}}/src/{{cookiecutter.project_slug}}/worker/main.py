@@ -85,8 +85,8 @@ def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
 def run_worker(extra_args: list[str]) -> int:
     settings = Settings()
     # In each prefork child, before the job runtime opens its engine (connected first).
-    endpoint, service = settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-worker"
-    worker_process_init.connect(lambda **_: configure_tracing(endpoint, service), weak=False)
+    tracing = settings.tracing_for("worker")
+    worker_process_init.connect(lambda **_: configure_tracing(*tracing), weak=False)
     worker_process_shutdown.connect(lambda **_: shutdown_tracing(), weak=False)
     metrics = None
     if settings.worker_metrics_port:
@@ -147,7 +147,7 @@ def worker_argv(settings: Settings, extra_args: list[str]) -> list[str]:
 
 def run_beat(extra_args: list[str]) -> int:
     settings = Settings()
-    configure_tracing(settings.otel_exporter_otlp_endpoint, f"{settings.otel_service_name}-beat")
+    configure_tracing(*settings.tracing_for("beat"))
     app = create_celery(settings)
     app.set_current()
     _use_our_logging(settings)
