@@ -371,6 +371,7 @@ class LiveServer:
 def live_server(
     committed_settings: Settings,
     committed_database_url: str,
+    s3: S3Server,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveServer]:
     """The real app under uvicorn (uvloop, httptools) in its own process on 127.0.0.1, on the
@@ -390,6 +391,11 @@ def live_server(
         "CACHE_KEY_PREFIX": settings.cache_key_prefix,
         "CELERY_QUEUE": settings.celery_queue,
         "CELERY_BROKER_KEY_PREFIX": settings.celery_broker_key_prefix,
+        # The session's real S3: uploads, report files and images work as in production.
+        "S3_ENDPOINT_URL": s3.endpoint,
+        "S3_BUCKET": s3.bucket,
+        "S3_ACCESS_KEY_ID": s3.access_key,
+        "S3_SECRET_ACCESS_KEY": s3.secret_key,
     }
     log_path = tmp_path_factory.mktemp("live-server") / "server.log"
     # The proofs open every connection first, then race; on a busy machine that can take

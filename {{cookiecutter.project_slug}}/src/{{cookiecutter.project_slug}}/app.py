@@ -54,10 +54,12 @@ from {{ cookiecutter.project_slug }}.patterns.rate_limit import RateLimited, Rat
 from {{ cookiecutter.project_slug }}.patterns.readiness import RecentSuccess, dependency_gauge
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import stamp_published_messages
 from {{ cookiecutter.project_slug }}.patterns.sse import Fanout
+from {{ cookiecutter.project_slug }}.patterns.storage import StorageUnavailable
 from {{ cookiecutter.project_slug }}.patterns.tracing import configure_tracing, instrument_app
 from {{ cookiecutter.project_slug }}.payments.provider import create_payment_provider
 from {{ cookiecutter.project_slug }}.payments.router import router as payments_router
 from {{ cookiecutter.project_slug }}.postgres import create_engine, create_sessionmaker
+from {{ cookiecutter.project_slug }}.products.router import media_router
 from {{ cookiecutter.project_slug }}.products.router import router as products_router
 from {{ cookiecutter.project_slug }}.pubsub.events import ORDER, PRODUCT
 from {{ cookiecutter.project_slug }}.pubsub.metrics import PubSubMetrics, refresh_pubsub_metrics
@@ -184,13 +186,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(
         app, secured=problems(NotAuthenticated, RateLimited), restricted=problems(Forbidden)
     )
-    # Postgres unreachable (refused, pool exhausted, connection lost): 503, not 500.
+    # Postgres unreachable (refused, pool exhausted, connection lost), or S3: 503, not 500.
     install_unavailable_handler(
         app,
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.InterfaceError,
         sqlalchemy.exc.TimeoutError,
         OSError,
+        StorageUnavailable,
     )
 
     # Added innermost first: the request id is bound before the access log and metrics run.
@@ -234,6 +237,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(jobs_router)
     app.include_router(products_router)
+    app.include_router(media_router)
     app.include_router(orders_router)
     app.include_router(reports_router)
     app.include_router(payments_router)

@@ -10,7 +10,7 @@ instead of signing tokens with a published key.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -240,9 +240,13 @@ class Settings(DatabaseSettings):
     # Blocking S3 calls (HEAD, complete, delete, put) run in threads, at most this many at once
     # per process, so a slow S3 queues calls instead of taking every thread.
     s3_max_concurrency: int = Field(default=16, ge=1)
-    # Public base URL of the images bucket prefix as the CDN edge serves it; empty: the API
-    # answers with S3_ENDPOINT_URL/bucket (development).
-    s3_public_base_url: str = ""
+    # Product images: the renditions the thumbnail job makes (longer side in pixels; JSON,
+    # THUMBNAIL_SIZES='[256,1024]'), and the largest source it decodes (a decompression bomb
+    # is refused from its header).
+    thumbnail_sizes: list[Annotated[int, Field(ge=16, le=4096)]] = Field(
+        default=[256, 1024], min_length=1, max_length=8
+    )
+    image_max_pixels: int = Field(default=40_000_000, ge=1)
     # Presigned upload URLs expire after this many seconds.
     upload_url_ttl: int = Field(default=600, ge=1, le=604_800)
     # Presigned downloads of private files (reports, user uploads): short.

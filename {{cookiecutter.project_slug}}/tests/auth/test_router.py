@@ -197,3 +197,20 @@ async def test_a_hash_made_with_older_argon2_parameters_is_upgraded_at_login(
     assert stored.password_hash != weaker
     assert not _hasher().current_hasher.check_needs_rehash(stored.password_hash)
     await login(app_client, "old@example.com")  # and the new hash verifies
+
+
+@pytest.mark.parametrize("stored", ["!", "", "$argon2id$v=19$corrupt", "plain text"])
+async def test_an_account_without_a_usable_hash_fails_login_like_a_wrong_password(
+    app_client: AsyncClient, session: AsyncSession, stored: str
+) -> None:
+    await register(app_client, "nohash@example.com")
+    await session.execute(
+        update(User).where(User.email == "nohash@example.com").values(password_hash=stored)
+    )
+
+    response = await app_client.post(
+        "/auth/login", json={"email": "nohash@example.com", "password": PASSWORD}
+    )
+
+    assert response.status_code == 401, response.text
+    assert response.json()["detail"] == "Incorrect email or password."

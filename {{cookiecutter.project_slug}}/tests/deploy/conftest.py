@@ -21,7 +21,7 @@ import yaml
 PROJECT_DIR = Path(__file__).parents[2]
 DEPLOY = PROJECT_DIR / "deploy"
 # The compose services running our image.
-APP_SERVICES = ("api", "worker", "beat", "migrate", "relay", "consumers")
+APP_SERVICES = ("api", "worker", "beat", "migrate", "storage-init", "relay", "consumers")
 
 
 def tool(name: str) -> str:

@@ -16,6 +16,8 @@ from tests.deploy.conftest import (
     traefik_static,
 )
 
+# Jobs that run to completion before the API starts: the schema, the bucket's rules.
+ONE_SHOT = ("migrate", "storage-init")
 EXPECTED = {
     *("postgres", "redis", "seaweedfs", "traefik", "varnish", "prometheus", "grafana"),
     *("postgres-exporter", "redis-exporter"),
@@ -68,7 +70,7 @@ def test_every_piece_of_the_topology_is_a_service(compose_config: dict[str, Any]
 def test_every_long_running_service_has_a_healthcheck(compose_config: dict[str, Any]) -> None:
     for name, service in compose_config["services"].items():
         check = service.get("healthcheck", {})
-        if name == "migrate":
+        if name in ONE_SHOT:
             # One-shot: its exit code is its health (service_completed_successfully).
             assert check.get("disable") is True
             assert service["restart"] == "no"
@@ -84,7 +86,8 @@ def test_startup_order_waits_for_health_not_for_start(compose_config: dict[str, 
                 "service_completed_successfully",
             }, (name, dependency)
     api = compose_config["services"]["api"]["depends_on"]
-    assert api["migrate"]["condition"] == "service_completed_successfully"
+    for job in ONE_SHOT:
+        assert api[job]["condition"] == "service_completed_successfully"
     assert api["postgres"]["condition"] == "service_healthy"
     assert api["redis"]["condition"] == "service_healthy"
 

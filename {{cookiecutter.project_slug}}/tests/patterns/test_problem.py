@@ -200,6 +200,7 @@ async def test_the_schema_documents_every_error_as_a_problem(settings: Settings)
     assert forbidding == {
         "POST /products",
         "PATCH /products/{product_id}",
+        "PUT /products/{product_id}/image",
         "POST /reports",
         "GET /admin/dead-letters",
         "POST /admin/dead-letters/{dead_letter_id}/requeue",

@@ -15,15 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as day_time
 
-import anyio.to_thread
 import httpx
 import pytest
-from httpx import ASGITransport, AsyncClient
-from pydantic import SecretStr
+from httpx import AsyncClient
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.models import (
     Job,
@@ -34,11 +31,10 @@ from {{ cookiecutter.project_slug }}.models import (
     OrderStatus,
 )
 from {{ cookiecutter.project_slug }}.reports.tasks import SALES_REPORT, write_sales_report
-from {{ cookiecutter.project_slug }}.worker.celery_app import create_celery
-from {{ cookiecutter.project_slug }}.worker.context import WorkerContext, WorkerContextFactory
+from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 from tests.factories import Caller, make_product, make_user
-from tests.lifespan import running
-from tests.s3_server import S3Server
+from tests.lifespan import app_and_worker
+from tests.s3_server import S3Server, on_s3
 
 
 @dataclass
@@ -49,15 +45,7 @@ class ReportStack:
     engine: AsyncEngine
 
     async def keys(self, prefix: str) -> list[str]:
-        storage = self.worker.storage
-
-        def listing() -> list[str]:
-            pages = storage.client.get_paginator("list_objects_v2").paginate(
-                Bucket=storage.bucket, Prefix=prefix
-            )
-            return [item["Key"] for page in pages for item in page.get("Contents", [])]
-
-        return await anyio.to_thread.run_sync(listing)
+        return await self.worker.storage.list_keys(prefix)
 
 
 @pytest.fixture
@@ -66,25 +54,9 @@ async def reports(
 ) -> AsyncIterator[ReportStack]:
     """The real app and a worker process's context (same factory as the worker) on the
     committed database, both on the real S3."""
-    settings = committed_settings.model_copy(
-        update={
-            "s3_endpoint_url": s3.endpoint,
-            "s3_bucket": s3.bucket,
-            "s3_access_key_id": s3.access_key,
-            "s3_secret_access_key": SecretStr(s3.secret_key),
-            "report_days_per_read": 2,
-        }
-    )
-    app = create_app(settings)
-    factory = WorkerContextFactory(settings, create_celery(settings))
-    async with running(app):
-        worker = await factory.open()
-        try:
-            transport = ASGITransport(app=app, raise_app_exceptions=False)
-            async with AsyncClient(transport=transport, base_url="http://testserver") as client:
-                yield ReportStack(client, worker, settings, committed_engine)
-        finally:
-            await factory.close(worker)
+    settings = on_s3(committed_settings, s3, report_days_per_read=2)
+    async with app_and_worker(settings) as stack:
+        yield ReportStack(stack.client, stack.worker, settings, committed_engine)
 
 
 async def a_report_with_sales(stack: ReportStack) -> tuple[Caller, Job, bytes]:

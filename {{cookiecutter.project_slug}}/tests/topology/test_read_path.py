@@ -9,6 +9,7 @@ below are what Postgres itself counted, across every instance; and a cache Redis
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import secrets
@@ -26,8 +27,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from devstack.servers import RunningServer, start_postgres, start_redis
-from devstack.topology import GATEWAY_UNLIMITED, LocalStack
+from devstack.topology import (
+    GATEWAY_UNLIMITED,
+    S3_ACCESS_KEY_ID,
+    S3_REGION,
+    S3_SECRET_ACCESS_KEY,
+    LocalStack,
+)
 
+from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 from tests.edge import fetch_many
 from tests.factories import insert_products
 from tests.topology.conftest import (
@@ -327,6 +335,41 @@ async def test_through_the_edge_thousands_of_requests_cost_the_origin_at_most_tw
     assert listing.headers["x-cache"] == "MISS"
     prices = {item["id"]: item["price_cents"] for item in body_of(listing.body)["items"]}
     assert prices[str(product_id)] == 800
+
+
+MEDIA_ROUTE = "/media/images/{digest}/{size}.webp"
+
+
+async def test_a_product_image_through_the_edge_is_read_from_the_origin_once(
+    read_stack: ReadStack, results: dict[str, Any]
+) -> None:
+    # A rendition as the thumbnail job leaves it (tests/products/test_images.py proves the
+    # job): written under its content-addressed key in the stack's own S3.
+    data = b"RIFF\x1a\x00\x00\x00WEBPVP8 " + secrets.token_bytes(4000)
+    digest = hashlib.sha256(data).hexdigest()
+    storage = ObjectStorage(
+        bucket=read_stack.stack.state["s3_bucket"],
+        endpoint_url=read_stack.stack.urls["s3"],
+        region=S3_REGION,
+        access_key_id=S3_ACCESS_KEY_ID,
+        secret_access_key=S3_SECRET_ACCESS_KEY,
+    )
+    try:
+        await storage.put_bytes(f"images/{digest}/256.webp", data, content_type="image/webp")
+    finally:
+        storage.close()
+    path = f"/media/images/{digest}/256.webp"
+    before = sum(await read_stack.served(MEDIA_ROUTE))
+
+    replies = await fetch_many(read_stack.edge_port, [(path, {})] * 1000, connections=100)
+
+    origin_hits = sum(await read_stack.served(MEDIA_ROUTE)) - before
+    results["edge_image"] = {"requests": len(replies), "origin_hits": origin_hits}
+    assert [reply.status for reply in replies] == [200] * 1000
+    assert all(reply.body == data for reply in replies)
+    assert "immutable" in replies[-1].headers["cache-control"]
+    # The edge coalesces the concurrent misses on its waiting list: one fetch for them all.
+    assert origin_hits == 1
 
 
 async def test_a_users_own_answers_are_never_served_to_anyone_else(

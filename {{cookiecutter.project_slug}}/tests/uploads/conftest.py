@@ -3,17 +3,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import anyio.to_thread
 import pytest
 from httpx import ASGITransport, AsyncClient
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from {{ cookiecutter.project_slug }}.app import create_app
 from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.storage import ObjectStorage
 from tests.lifespan import running
-from tests.s3_server import S3Server
+from tests.s3_server import S3Server, on_s3
 
 
 @dataclass
@@ -36,15 +34,11 @@ async def uploads_app(
     committed_settings: Settings, committed_engine: AsyncEngine, s3: S3Server
 ) -> AsyncIterator[UploadsApp]:
     """The real app on the committed database (real concurrency) and the real S3."""
-    settings = committed_settings.model_copy(
-        update={
-            "s3_endpoint_url": s3.endpoint,
-            "s3_bucket": s3.bucket,
-            "s3_access_key_id": s3.access_key,
-            "s3_secret_access_key": SecretStr(s3.secret_key),
-            "multipart_threshold": 5 * 1024 * 1024,
-            "multipart_part_size": 5 * 1024 * 1024,
-        }
+    settings = on_s3(
+        committed_settings,
+        s3,
+        multipart_threshold=5 * 1024 * 1024,
+        multipart_part_size=5 * 1024 * 1024,
     )
     app = create_app(settings)
     async with running(app):
@@ -59,9 +53,4 @@ async def empty_bucket(storage: ObjectStorage) -> None:
     """Each proof counts objects from zero: the server is shared by the session."""
     for upload in await storage.list_multipart(""):
         await storage.abort_multipart(upload.key, upload.upload_id)
-
-    def keys() -> list[str]:
-        pages = storage.client.get_paginator("list_objects_v2").paginate(Bucket=storage.bucket)
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
-
-    await storage.delete_many(await anyio.to_thread.run_sync(keys))
+    await storage.delete_many(await storage.list_keys(""))

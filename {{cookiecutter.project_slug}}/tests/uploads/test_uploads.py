@@ -9,11 +9,18 @@ from uuid import UUID
 import anyio.to_thread
 import httpx
 import pytest
+from httpx import ASGITransport, AsyncClient
+from pydantic import SecretStr
 from sqlalchemy import text
 
+from devstack.servers import free_port
+
+from {{ cookiecutter.project_slug }}.app import create_app
+from {{ cookiecutter.project_slug }}.config import Settings
 from {{ cookiecutter.project_slug }}.patterns.storage import sha256_b64
 from {{ cookiecutter.project_slug }}.storage import init_bucket
 from tests.factories import auth_headers, insert_users
+from tests.lifespan import running
 from tests.uploads.conftest import UploadsApp
 from tests.worker_harness import metric_value
 
@@ -272,3 +279,47 @@ async def test_storage_init_sets_cors_and_the_multipart_lifecycle_rule(
         )["Rules"]
     )
     assert rules[0]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+
+
+async def test_s3_unreachable_is_a_503_problem_and_writes_nothing(
+    committed_settings: Settings,
+) -> None:
+    # Nothing listens on this port: every S3 call fails to connect.
+    settings = committed_settings.model_copy(
+        update={
+            "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",
+            "s3_access_key_id": "nobody",
+            "s3_secret_access_key": SecretStr("nothing"),
+        }
+    )
+    app = create_app(settings)
+    async with running(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://testserver") as client:
+            async with app.state.engine.begin() as connection:
+                [user_id] = await insert_users(connection, 1)
+            headers = auth_headers(user_id, settings)
+            # Presigning is local: the declaration still works without S3...
+            ticket = await client.post(
+                "/uploads",
+                json={
+                    "purpose": "product_image",
+                    "filename": "a.png",
+                    "content_type": "image/png",
+                    "size": 10,
+                },
+                headers=headers,
+            )
+            assert ticket.status_code == 201, ticket.text
+            # ...the calls that reach S3 are a temporary 503, never a 500.
+            answers = [
+                await client.post(f"/uploads/{ticket.json()['id']}/complete", headers=headers),
+                await client.get("/media/images/" + "a" * 64 + "/256.webp"),
+            ]
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["content-type"] == "application/problem+json"
+                assert answer.headers["retry-after"]
+                assert "Traceback" not in answer.text
+            mine = await client.get(f"/uploads/{ticket.json()['id']}", headers=headers)
+            assert mine.json()["status"] == "pending"

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from uuid import UUID
 
 from {{ cookiecutter.project_slug }}.models import IdempotencyKey, Notification
 from {{ cookiecutter.project_slug }}.patterns.idempotency import claim
 from {{ cookiecutter.project_slug }}.patterns.reliable_tasks import job
+from {{ cookiecutter.project_slug }}.products.tasks import write_product_image
 from {{ cookiecutter.project_slug }}.worker.context import WorkerContext
 
 
@@ -82,3 +84,21 @@ async def overrun(ctx: WorkerContext, *, key: str, seconds: float, blocking: boo
         time.sleep(seconds)  # noqa: ASYNC251  # blocking on purpose: only the hard limit stops it
     else:
         await asyncio.sleep(seconds)
+
+
+@job("proof.render_image_held")
+async def render_image_held(
+    ctx: WorkerContext, *, key: str, product_id: str, upload_id: str, etag: str, hold_s: float
+) -> str:
+    """The real thumbnail job (products/tasks.py), held on its first delivery where a kill -9
+    hurts most: its renditions written to S3, nothing recorded yet."""
+    await _record_delivery(ctx, key)
+    first = int(await ctx.redis.llen(deliveries_key(key))) == 1
+
+    async def hold() -> None:
+        await ctx.redis.rpush(f"proof:{key}:held", "1")
+        await asyncio.sleep(hold_s)
+
+    return await write_product_image(
+        ctx, UUID(product_id), UUID(upload_id), etag, before_record=hold if first else None
+    )

@@ -24,6 +24,7 @@ from uuid import UUID
 import jwt
 from anyio import CapacityLimiter, to_thread
 from pwdlib import PasswordHash
+from pwdlib.exceptions import UnknownHashError
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from {{ cookiecutter.project_slug }}.config import Settings
@@ -79,16 +80,29 @@ async def verify_and_update_password(
     if password_hash is None:
         await verify_password(password, None)
         return False, None
-    valid, updated = await _in_thread(_hasher().verify_and_update, password, password_hash)
+    valid, updated = await _in_thread(_verify_and_update, password, password_hash)
     return valid, updated if valid else None
+
+
+def _verify_and_update(password: str, password_hash: str) -> tuple[bool, str | None]:
+    try:
+        return _hasher().verify_and_update(password, password_hash)
+    except UnknownHashError:
+        # Not a hash of ours: "!" (as in /etc/shadow: an account with no usable password,
+        # e.g. one made by an import or an SSO), or a corrupt value. It matches no password,
+        # after the same hashing time as a real check, so it fails like any wrong password.
+        _hasher().verify(password, _dummy_hash())
+        return False, None
 
 
 async def verify_password(password: str, password_hash: str | None) -> bool:
     # With no user, still spend the same time on a dummy hash: the response time must not
     # reveal which emails are registered.
-    target = password_hash if password_hash is not None else _dummy_hash()
-    matches = await _in_thread(_hasher().verify, password, target)
-    return matches and password_hash is not None
+    if password_hash is None:
+        await _in_thread(_hasher().verify, password, _dummy_hash())
+        return False
+    matches, _ = await _in_thread(_verify_and_update, password, password_hash)
+    return matches
 
 
 def key_id(secret: str) -> str:

@@ -25,6 +25,13 @@ class Product(UUIDv7PrimaryKey, Timestamps, Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(
         JSONB, default=dict, server_default=text("'{}'::jsonb")
     )
+    # The image staff attached (an upload of purpose product_image), and once the thumbnail
+    # job has rendered it, its public renditions by size: {"256": "images/<sha256>/256.webp"}.
+    image_upload_id: Mapped[UUID | None] = mapped_column(
+        ForeignKey("uploads.id", ondelete="SET NULL")
+    )
+    # none_as_null: None is SQL NULL ("not rendered"), not the JSON value null.
+    image_keys: Mapped[dict[str, str] | None] = mapped_column(JSONB(none_as_null=True))
 
     __table_args__ = (
         CheckConstraint("price_cents >= 0", name="price_cents_non_negative"),
@@ -38,6 +45,8 @@ class Product(UUIDv7PrimaryKey, Timestamps, Base):
         ),
         # The catalog listing: newest first, keyset-paginated on (created_at, id).
         Index("ix_products_created_at_id", "created_at", "id"),
+        # The foreign key's own index: ON DELETE SET NULL looks products up by upload.
+        Index("ix_products_image_upload_id", "image_upload_id"),
     )
 
 

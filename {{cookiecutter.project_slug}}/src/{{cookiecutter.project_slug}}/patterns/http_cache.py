@@ -80,11 +80,14 @@ class CachePolicy:
         s_maxage: int | None = None,
         stale_while_revalidate: int | None = None,
         stale_if_error: int | None = None,
+        immutable: bool = False,
         vary: Sequence[str] = ("Accept-Encoding",),
     ) -> CachePolicy:
         """Shared caches may store it: browsers for ``max_age``, the edge for ``s_maxage``
         (longer: the edge is purged on update, browsers are not), then serve it stale for
-        ``stale_while_revalidate`` while they refetch in the background."""
+        ``stale_while_revalidate`` while they refetch in the background. ``immutable``: the
+        bytes at this URL never change (a content-addressed key), so browsers do not even
+        revalidate on reload."""
         parts = ["public", f"max-age={max_age}"]
         if s_maxage is not None:
             parts.append(f"s-maxage={s_maxage}")
@@ -92,6 +95,8 @@ class CachePolicy:
             parts.append(f"stale-while-revalidate={stale_while_revalidate}")
         if stale_if_error is not None:
             parts.append(f"stale-if-error={stale_if_error}")
+        if immutable:
+            parts.append("immutable")
         return cls(", ".join(parts), tuple(vary))
 
     @classmethod

@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -65,6 +65,19 @@ class MultipartUpload:
     key: str
     upload_id: str
     initiated: Any
+
+
+class StorageUnavailable(ConnectionError):
+    """S3 did not answer, or answered with a 5xx: temporary, worth a retry (a 503 to clients).
+    A ConnectionError, so job runners that retry connection errors retry this one too."""
+
+
+class ObjectMissing(LookupError):
+    """No object under this key."""
+
+
+class ObjectChanged(Exception):
+    """The object under this key is not the version (ETag) the caller verified."""
 
 
 def sha256_b64(data: bytes) -> str:
@@ -115,15 +128,30 @@ class ObjectStorage:
         if on_request is not None:
             # Every call S3 bills, by operation (PutObject, HeadObject...), answered or failed;
             # presigning makes none.
-            def counted(model: Any, **_: Any) -> None:
-                on_request(model.name)
+            # The operation comes from the event's name: "after-call-error" carries no model
+            # (a connection refused must still be counted, and never raise here).
+            def counted(event_name: str, **_: Any) -> None:
+                on_request(event_name.rsplit(".", 1)[-1])
 
             self.client.meta.events.register("after-call.s3", counted)
             self.client.meta.events.register("after-call-error.s3", counted)
         self._limiter = anyio.CapacityLimiter(max_concurrency)
 
     async def _run(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=self._limiter)
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(func, *args, **kwargs), limiter=self._limiter
+            )
+        except BotoCoreError as exc:
+            # No answer at all: unreachable, timed out, no credentials to sign with.
+            raise StorageUnavailable(type(exc).__name__) from exc
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            # 501 Not Implemented is a missing feature (configure_bucket reports it), not an
+            # outage.
+            if 500 <= status < 600 and status != 501:
+                raise StorageUnavailable(exc.response.get("Error", {}).get("Code", "5xx")) from exc
+            raise
 
     def close(self) -> None:
         self.client.close()
@@ -199,9 +227,28 @@ class ObjectStorage:
             checksum_sha256=reply.get("ChecksumSHA256"),
         )
 
-    async def get_bytes(self, key: str) -> bytes:
+    async def get_bytes(self, key: str, *, if_match: str | None = None) -> bytes:
+        """The object's bytes. Raises :class:`ObjectMissing` when there is none, and, with
+        ``if_match``, :class:`ObjectChanged` when its ETag is another: a presigned POST stays
+        usable until it expires, so a verified object can be overwritten after the check."""
+
         def read() -> bytes:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            try:
+                if if_match is None:
+                    reply = self.client.get_object(Bucket=self.bucket, Key=key)
+                else:
+                    reply = self.client.get_object(
+                        Bucket=self.bucket, Key=key, IfMatch=f'"{if_match}"'
+                    )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in {"404", "NoSuchKey", "NotFound"}:
+                    raise ObjectMissing(key) from exc
+                if code in {"412", "PreconditionFailed"}:
+                    raise ObjectChanged(key) from exc
+                raise
+            body: bytes = reply["Body"].read()
+            return body
 
         return await self._run(read)
 
@@ -287,6 +334,17 @@ class ObjectStorage:
             )
             for item in reply.get("Uploads", [])
         ]
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, in S3's (lexicographic) order."""
+
+        def listing() -> list[str]:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+        return await self._run(listing)
 
     async def count(self, prefix: str) -> int:
         def count() -> int:

@@ -119,6 +119,43 @@ class ProductRepository:
         )
         return (await self.session.execute(statement)).scalar_one_or_none()
 
+    async def get(self, product_id: UUID) -> Product | None:
+        return await self.session.get(Product, product_id)
+
+    async def set_image(self, product_id: UUID, upload_id: UUID) -> Product | None:
+        """Point the product at a new image; its renditions are gone until the job records
+        the new ones (so "rendered" is always "rendered from this upload")."""
+        return await self.update_fields(
+            product_id, {"image_upload_id": upload_id, "image_keys": None}
+        )
+
+    async def record_image(
+        self, product_id: UUID, upload_id: UUID, keys: Mapping[str, str]
+    ) -> bool:
+        """Record the renditions, only if the product still shows this upload and has none
+        yet: a newer image attached meanwhile wins, and a second run records nothing."""
+        statement = (
+            update(Product)
+            .where(
+                Product.id == product_id,
+                Product.image_upload_id == upload_id,
+                Product.image_keys.is_(None),
+            )
+            .values(image_keys=dict(keys), updated_at=func.now())
+            .returning(Product.id)
+            .execution_options(synchronize_session=False)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none() is not None
+
+    async def drop_image(self, product_id: UUID, upload_id: UUID) -> None:
+        """Detach an image that cannot be rendered, if it is still the product's."""
+        await self.session.execute(
+            update(Product)
+            .where(Product.id == product_id, Product.image_upload_id == upload_id)
+            .values(image_upload_id=None, image_keys=None, updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+
     async def list_newest(
         self,
         *,

@@ -4,11 +4,11 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from {{ cookiecutter.project_slug }}.auth.dependencies import StaffUser
 from {{ cookiecutter.project_slug }}.caching import AppCache
-from {{ cookiecutter.project_slug }}.exceptions import Conflict, Unprocessable
+from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
 from {{ cookiecutter.project_slug }}.patterns.http_cache import (
     CachePolicy,
     add_surrogate_keys,
@@ -17,13 +17,21 @@ from {{ cookiecutter.project_slug }}.patterns.http_cache import (
 )
 from {{ cookiecutter.project_slug }}.patterns.keyset import Page
 from {{ cookiecutter.project_slug }}.patterns.problem import problems
+from {{ cookiecutter.project_slug }}.patterns.storage import ObjectMissing
 from {{ cookiecutter.project_slug }}.patterns.strict_input import contains_nul
-from {{ cookiecutter.project_slug }}.postgres import DbSession
+from {{ cookiecutter.project_slug }}.postgres import DbSession, Jobs
 from {{ cookiecutter.project_slug }}.products import service
-from {{ cookiecutter.project_slug }}.products.schemas import ProductCreate, ProductRead, ProductUpdate
+from {{ cookiecutter.project_slug }}.products.schemas import (
+    ProductCreate,
+    ProductImageSet,
+    ProductRead,
+    ProductUpdate,
+)
 from {{ cookiecutter.project_slug }}.products.service import ProductNotFound
+from {{ cookiecutter.project_slug }}.storage import Storage
 
 router = APIRouter(prefix="/products", tags=["products"])
+media_router = APIRouter(prefix="/media", tags=["media"])
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -36,6 +44,15 @@ MAX_PAGE_SIZE = 100
 CATALOG = CachePolicy.public(
     max_age=10, s_maxage=300, stale_while_revalidate=60, stale_if_error=3600
 )
+
+# A rendition's bytes never change under its content-addressed key: every cache may keep it for
+# a year, and browsers do not revalidate it.
+IMMUTABLE = CachePolicy.public(max_age=31_536_000, s_maxage=31_536_000, immutable=True)
+
+
+class ImageNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("No such image.")
 
 
 def _attribute_filter(raw: str | None) -> dict[str, Any] | None:
@@ -62,6 +79,20 @@ async def update_product(
     product_id: UUID, body: ProductUpdate, session: DbSession, _: StaffUser
 ) -> ProductRead:
     return await service.update_product(session, product_id, body)
+
+
+@router.put(
+    "/{product_id}/image",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        202: {"description": "Attached; `images` fill in once the thumbnails are rendered."},
+        **problems(ProductNotFound, Conflict, Unprocessable),
+    },
+)
+async def attach_product_image(
+    product_id: UUID, body: ProductImageSet, session: DbSession, jobs: Jobs, user: StaffUser
+) -> ProductRead:
+    return await service.attach_image(session, jobs, user, product_id, body.upload_id)
 
 
 @router.get(
@@ -100,3 +131,23 @@ async def list_products(
     # The ETag was computed over these bytes when they were stored; a match is a 304 now.
     conditional(request, etag=page.etag)
     return Response(page.body, media_type="application/json")
+
+
+@media_router.get(
+    "/images/{digest}/{size}.webp",
+    dependencies=[cache_policy(IMMUTABLE)],
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}}}, **problems(ImageNotFound)},
+)
+async def product_image(
+    digest: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    size: Annotated[int, Path(ge=16, le=4096)],
+    storage: Storage,
+) -> Response:
+    """A rendition, from S3. The edge keeps it (a year, immutable), so the origin reads each
+    key about once per edge; the bytes are the public thumbnail, never the private upload."""
+    try:
+        data = await storage.get_bytes(f"images/{digest}/{size}.webp")
+    except ObjectMissing as exc:
+        raise ImageNotFound() from exc
+    return Response(data, media_type="image/webp")

@@ -12,6 +12,9 @@ from {{ cookiecutter.project_slug }}.patterns.strict_input import JsonInteger, P
 # Generous, but bounded: a price or a stock figure outside these is a typo, not a product.
 MAX_PRICE_CENTS = 10**10
 MAX_STOCK = 10**9
+# The renditions' public path: GET /media/{key} (products/router.py), which the CDN edge keeps
+# for a year. A CDN in front of the bucket can serve the same paths from its images/ prefix.
+MEDIA_PATH = "/media/"
 
 
 class ProductCreate(BaseModel):
@@ -50,6 +53,11 @@ class ProductRead(BaseModel):
     price_cents: int
     attributes: dict[str, Any]
     stock: int
+    images: dict[str, str] = Field(
+        default_factory=dict,
+        description="The product image's public URLs by size (longer side, pixels); empty "
+        "until one is attached and rendered.",
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -62,6 +70,15 @@ class ProductRead(BaseModel):
             price_cents=product.price_cents,
             attributes=product.attributes,
             stock=stock,
+            images={size: MEDIA_PATH + key for size, key in (product.image_keys or {}).items()},
             created_at=product.created_at,
             updated_at=product.updated_at,
         )
+
+
+class ProductImageSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    upload_id: UUID = Field(
+        description="A completed upload of purpose product_image, made by the caller."
+    )

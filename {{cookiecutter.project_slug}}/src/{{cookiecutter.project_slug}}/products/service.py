@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.project_slug }}.caching import invalidate_after_commit
 from {{ cookiecutter.project_slug }}.exceptions import Conflict, NotFound, Unprocessable
+from {{ cookiecutter.project_slug }}.models import UploadPurpose, UploadStatus, User
 from {{ cookiecutter.project_slug }}.patterns import outbox
+from {{ cookiecutter.project_slug }}.patterns.after_commit import AfterCommitJobs
 from {{ cookiecutter.project_slug }}.patterns.cache import Cache, Cached, CacheRegion
 from {{ cookiecutter.project_slug }}.patterns.http_cache import make_etag
 from {{ cookiecutter.project_slug }}.patterns.keyset import InvalidCursor, Page
@@ -27,8 +29,13 @@ from {{ cookiecutter.project_slug }}.products.schemas import (
     ProductUpdate,
 )
 from {{ cookiecutter.project_slug }}.pubsub.events import price_changed, stock_changed
+from {{ cookiecutter.project_slug }}.uploads.repository import UploadRepository
 
 log = structlog.get_logger(__name__)
+
+# The thumbnail job (products/tasks.py). Its name lives here, where it is enqueued: the task
+# module imports this one, so this one enqueues by name.
+RENDER_IMAGE = "products.render_image"
 
 # The catalog is read far more than it is written, by everyone alike: cached in Redis (and at
 # the edge, see router.py). Writes invalidate after their commit, so the TTLs only bound what
@@ -118,6 +125,43 @@ async def update_product(
         fields=sorted(fields),
         stock_delta=body.stock_delta,
     )
+    return ProductRead.from_row(*row)
+
+
+class UnknownUpload(Unprocessable):
+    """An upload id in the body that is not the caller's: a 422, as for an order's unknown
+    products (the URL's product exists), the same for another user's upload as for none."""
+
+    def __init__(self) -> None:
+        super().__init__("No such upload of yours.")
+
+
+async def attach_image(
+    session: AsyncSession, jobs: AfterCommitJobs, user: User, product_id: UUID, upload_id: UUID
+) -> ProductRead:
+    """Show the caller's completed product-image upload on the product; the thumbnail job
+    renders it after the commit, and until it has, the product has no images."""
+    # The caller's own uploads only: another user's upload is not found (BOLA).
+    upload = await UploadRepository(session).get_for_owner(upload_id, user.id)
+    if upload is None:
+        raise UnknownUpload()
+    if upload.purpose is not UploadPurpose.product_image:
+        raise Unprocessable(f"A {upload.purpose.value} upload cannot be a product image.")
+    if upload.status not in (UploadStatus.uploaded, UploadStatus.processed) or upload.etag is None:
+        raise Conflict(
+            "The upload is not complete: POST /uploads/{id}/complete first.",
+            upload_status=upload.status.value,
+        )
+    products = ProductRepository(session)
+    if await products.set_image(product_id, upload.id) is None:
+        raise ProductNotFound()
+    jobs.enqueue(
+        RENDER_IMAGE, product_id=str(product_id), upload_id=str(upload.id), etag=upload.etag
+    )
+    invalidate_products(session, [product_id])
+    log.info("product.image_attached", product_id=str(product_id), upload_id=str(upload.id))
+    row = await products.get_with_stock(product_id)
+    assert row is not None  # updated in this transaction
     return ProductRead.from_row(*row)
 
 

@@ -23,6 +23,13 @@ class UploadRepository:
             statement = statement.with_for_update()
         return (await self.session.execute(statement)).scalar_one_or_none()
 
+    async def get(self, upload_id: UUID, *, for_update: bool = False) -> Upload | None:
+        """By id alone: for jobs, which act for the owner who already passed the check."""
+        statement = select(Upload).where(Upload.id == upload_id)
+        if for_update:
+            statement = statement.with_for_update()
+        return (await self.session.execute(statement)).scalar_one_or_none()
+
     async def add(self, upload: Upload) -> Upload:
         self.session.add(upload)
         await self.session.flush()

@@ -18,6 +18,7 @@ TASK_MODULES = [
     "{{ cookiecutter.project_slug }}.jobs.tasks",
     "{{ cookiecutter.project_slug }}.notifications.tasks",
     "{{ cookiecutter.project_slug }}.orders.tasks",
+    "{{ cookiecutter.project_slug }}.products.tasks",
     "{{ cookiecutter.project_slug }}.reports.tasks",
     "{{ cookiecutter.project_slug }}.uploads.tasks",
 ]
