@@ -112,8 +112,35 @@ async def _relay_and_consumer(url: str, redis: Redis, prefix: str) -> dict[str, 
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _subscribe(port: int, connected: asyncio.Event) -> float:
+    """One SSE client on a raw socket: a browser's EventSource costs the server the same, and
+    an HTTP client library would cost this process ~10x more per message, which on two shared
+    cores is latency charged to the server. Returns when its first ``data:`` line arrives."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET /events/catalog HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"SSE subscribe answered {status!r}")
+        connected.set()
+        while line := await reader.readline():
+            if line.startswith(b"data:"):
+                return time.perf_counter()
+        raise RuntimeError("the stream ended before the event")
+    finally:
+        writer.close()
+
+
 async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict[str, Any]:
-    processes, urls = [], []
+    processes, ports = [], []
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -122,47 +149,49 @@ async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict
         "DB_POOL_SIZE": "2",
         "ENVIRONMENT": "test",
         "SECRET_KEY": secrets.token_urlsafe(48),
+        # Heartbeats are not what is measured; one in the middle of the fan-out would be noise.
+        "SSE_HEARTBEAT_SECONDS": "600",
     }
     for _ in range(3):
         port = free_port()
         command = uvicorn_command(port, backlog=16384)
         processes.append(subprocess.Popen(command, env=env))  # noqa: ASYNC220, S603
-        urls.append(f"http://127.0.0.1:{port}")
+        ports.append(port)
     engine = create_async_engine(url)
     try:
-        for process, base in zip(processes, urls, strict=True):
+        for process, port in zip(processes, ports, strict=True):
+            base = f"http://127.0.0.1:{port}"
             await asyncio.to_thread(wait_until_healthy, process, base, timeout=60)
         before = sum(_rss_kib(p.pid) for p in processes)
-        received: list[float] = []
-        connected = 0
-        ready = asyncio.Event()
-
-        async def client(http: httpx.AsyncClient, base: str) -> None:
-            nonlocal connected
-            async with http.stream("GET", f"{base}/events/catalog") as reply:
-                connected += 1
-                if connected == subscribers:
-                    ready.set()
-                async for line in reply.aiter_lines():
-                    if line.startswith("data:"):
-                        received.append(time.perf_counter())
-                        return
-
-        limits = httpx.Limits(max_connections=subscribers + 10, max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as http:
-            tasks = [asyncio.create_task(client(http, urls[i % 3])) for i in range(subscribers)]
-            async with asyncio.timeout(300):
-                await ready.wait()
-            await asyncio.sleep(1.0)  # let the instances register every subscriber
-            during = sum(_rss_kib(p.pid) for p in processes)
-            relay = Relay(engine, redis, lambda e: stream_name(prefix, e))
-            async with AsyncSession(engine) as session:
-                await outbox.add(session, stock_changed(uuid4(), 1))
-                await session.commit()
-            start = time.perf_counter()
-            await relay.publish_batch()
+        tasks: list[asyncio.Task[float]] = []
+        # Connected in batches: 10,000 SYNs at once overflow the listen queue into retries.
+        for first in range(0, subscribers, 500):
+            batch = [asyncio.Event() for _ in range(first, min(subscribers, first + 500))]
+            tasks += [
+                asyncio.create_task(_subscribe(ports[(first + i) % 3], event))
+                for i, event in enumerate(batch)
+            ]
             async with asyncio.timeout(120):
-                await asyncio.gather(*tasks)
+                await asyncio.gather(*(event.wait() for event in batch))
+        # Every stream answered 200; each instance registers its subscriber as the response
+        # starts, so poll its gauge before the event goes out.
+        async with asyncio.timeout(60), httpx.AsyncClient() as http:
+            while True:
+                metrics = [(await http.get(f"http://127.0.0.1:{p}/metrics")).text for p in ports]
+                if sum(_gauge(text, "sse_connections") for text in metrics) >= subscribers:
+                    break
+                await asyncio.sleep(0.2)
+        during = sum(_rss_kib(p.pid) for p in processes)
+        relay = Relay(engine, redis, lambda e: stream_name(prefix, e))
+        async with AsyncSession(engine) as session:
+            await outbox.add(session, stock_changed(uuid4(), 1))
+            await session.commit()
+        cpu_before = sum(_cpu_seconds(p.pid) for p in processes)
+        start = time.perf_counter()
+        await relay.publish_batch()
+        async with asyncio.timeout(120):
+            received = await asyncio.gather(*tasks)
+        cpu = sum(_cpu_seconds(p.pid) for p in processes) - cpu_before
         latencies = [t - start for t in received]
         return {
             "subscribers": subscribers,
@@ -170,6 +199,9 @@ async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict
             "delivered": len(latencies),
             "fanout_p50_ms": round(_pct(latencies, 0.5) * 1000, 1),
             "fanout_p99_ms": round(_pct(latencies, 0.99) * 1000, 1),
+            "fanout_last_ms": round(max(latencies) * 1000, 1),
+            # CPU of the three instances while the event went out, per client it reached.
+            "server_cpu_us_per_delivery": round(cpu * 1e6 / len(latencies), 1),
             "rss_kib_per_connection": round((during - before) / subscribers, 1),
         }
     finally:
@@ -177,6 +209,13 @@ async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict
             p.send_signal(signal.SIGKILL)
             p.wait()
         await engine.dispose()
+
+
+def _gauge(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 async def _run(subscribers: int) -> dict[str, Any]:

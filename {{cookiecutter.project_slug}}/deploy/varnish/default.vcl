@@ -19,13 +19,17 @@ vcl 4.1;
 #   N, the failure is the answer: a 503 problem+json;
 # - objects are tagged with the keys of the response's `xkey` header; `PURGE` with an
 #   `xkey-purge: k1 k2` header drops every object tagged with any of them, and is accepted only
-#   from the `purgers` network below.
+#   from the `purgers` network below;
+# - a fetch that was already on its way when a purge came is fetched again, not stored: the
+#   write may have committed while the origin was answering, and a purge drops only what is
+#   in the cache by then (vcl_backend_response).
 #
 # The backend (where the gateway is) differs per environment, so it lives in backend.vcl, found
 # through vcl_path: compose mounts this directory with the backend.vcl next to this file, and
 # `make dev` puts a rendered one first in vcl_path. xkey ships in varnish-modules (Debian's
 # `varnish-modules` package; the official varnish image includes it).
 import std;
+import var;
 import xkey;
 
 include "backend.vcl";
@@ -63,6 +67,10 @@ sub vcl_recv {
         if (client.ip !~ purgers) {
             return (synth(403, "Purging is not allowed from this address"));
         }
+        # When the latest purge came, set before purging: see vcl_backend_response. One time for
+        # every key keeps this a single value, at the price of a refetch for any fetch that a
+        # purge of anything overtook (writes per second x fetch time: a few in a hundred).
+        var.global_set("purged_at", "" + std.real(time=now));
         if (req.http.xkey-purge) {
             set req.http.X-Purged = xkey.purge(req.http.xkey-purge);
         } elsif (req.http.xkey-softpurge) {
@@ -176,6 +184,11 @@ sub vcl_pipe {
     }
 }
 
+sub vcl_backend_fetch {
+    # When this fetch (or its retry) started: `now` is the fetch's own start here, at ms.
+    set bereq.http.X-Edge-Fetch-Start = "" + std.real(time=now);
+}
+
 sub vcl_backend_response {
     # A 5xx the app did not make (the gateway's own: no instance reachable, or one died while
     # answering) is retried for GET/HEAD, which are safe to repeat. The app's answers, its
@@ -201,6 +214,20 @@ sub vcl_backend_response {
 
     if (bereq.uncacheable) {
         # A pass (credentials, writes): nothing to decide, nothing is kept.
+        return (deliver);
+    }
+    # A purge came while this fetch was out (started at or before it: the same ms counts). The
+    # origin may have read the row before the write committed; stored, that answer would
+    # outlive the purge and be served after the write's 2xx to everyone, and to the requests
+    # waiting on this fetch. Fetched again, it starts after the purge, so after the commit.
+    # Overtaken again and again (a write storm), it is given to the waiting requests' own
+    # fetches instead of stored (uncacheable with no TTL).
+    if (std.real(bereq.http.X-Edge-Fetch-Start, 0) <= std.real(var.global_get("purged_at"), 0)) {
+        if (bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 3) {
+            return (retry);
+        }
+        set beresp.uncacheable = true;
+        set beresp.ttl = 0s;
         return (deliver);
     }
     if (beresp.http.Cache-Control !~ "(?i)(public|s-maxage)"

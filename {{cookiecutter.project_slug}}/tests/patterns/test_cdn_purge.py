@@ -43,6 +43,9 @@ class Origin:
     url: str
     names: dict[str, str] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
+    # /slow/{id} reads the name, then waits here before answering: a read that overlaps a write.
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    reading: dict[str, asyncio.Event] = field(default_factory=dict)
 
 
 def origin_app(origin: Origin) -> FastAPI:
@@ -54,6 +57,15 @@ def origin_app(origin: Origin) -> FastAPI:
         origin.hits[item_id] += 1
         add_surrogate_keys(request, f"item-{item_id}", "catalog")
         return {"id": item_id, "name": origin.names.get(item_id, "unnamed")}
+
+    @app.get("/slow/{item_id}", dependencies=[cache_policy(CATALOG)])
+    async def slow(item_id: str, request: Request) -> dict[str, str]:
+        origin.hits[f"slow-{item_id}"] += 1
+        add_surrogate_keys(request, f"item-{item_id}")
+        name = origin.names.get(item_id, "unnamed")
+        origin.reading[item_id].set()
+        await origin.gates[item_id].wait()
+        return {"id": item_id, "name": name}
 
     @app.get("/short/{item_id}", dependencies=[cache_policy(SHORT)])
     async def short(item_id: str) -> dict[str, str]:
@@ -149,6 +161,33 @@ async def test_a_purge_by_key_makes_the_next_request_a_miss_with_the_new_content
     assert origin.hits[item] == 2
     # Purged by key, not everything: the neighbour is still served from the edge.
     assert (await client.get(f"/catalog/{neighbour}")).headers["x-cache"] == "HIT"
+
+
+async def test_a_fetch_a_purge_overtook_is_fetched_again_not_stored(
+    origin: Origin, client: httpx.AsyncClient, edge: Edge
+) -> None:
+    """The race a purge alone loses: a miss reads the old row, the write commits and purges (the
+    cache is empty: nothing to drop), then the miss's answer arrives and would be stored, and
+    served to everyone after the write's 2xx."""
+    item = fresh_id()
+    origin.names[item] = "old name"
+    origin.gates[item], origin.reading[item] = asyncio.Event(), asyncio.Event()
+    in_flight = asyncio.create_task(client.get(f"/slow/{item}"))
+    await asyncio.wait_for(origin.reading[item].wait(), 10)  # the origin has read "old name"
+
+    origin.names[item] = "new name"  # the write commits,
+    purger = VarnishPurger([edge.url])
+    try:
+        await purger.purge([f"item-{item}"])  # and purges: the write's 2xx could go now
+    finally:
+        await purger.aclose()
+    origin.gates[item].set()
+
+    assert (await in_flight).json()["name"] == "new name"  # fetched again, after the purge
+    after = await client.get(f"/slow/{item}")
+    assert after.json()["name"] == "new name"
+    assert after.headers["x-cache"] == "HIT"  # the second fetch was stored
+    assert origin.hits[f"slow-{item}"] == 2
 
 
 async def test_a_purge_answers_how_many_objects_went(edge: Edge, client: httpx.AsyncClient) -> None:

@@ -6,7 +6,8 @@ slow client, which grows until the process dies.
 
 Guarantees:
 - one reader task per :class:`Fanout` (the app's lifespan owns it) reads every stream it
-  serves with ``XREAD BLOCK`` and copies each entry into each matching subscriber's queue;
+  serves with ``XREAD BLOCK`` and puts each entry into each matching subscriber's queue,
+  encoded as an SSE message once, whatever the number of clients;
 - a subscriber's queue holds at most ``queue_size`` events: a client that cannot keep up is
   dropped with an ``event: dropped`` reason (it reconnects with ``Last-Event-ID``), never
   buffered without bound;
@@ -28,8 +29,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = structlog.get_logger(__name__)
 
@@ -47,18 +50,25 @@ def _after(a: str, b: str) -> bool:
     return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
+# What a subscriber's queue carries: a stream entry's id and its SSE message, encoded once.
+Message = tuple[str, bytes]
+# Put in a subscriber's queue to wake its stream when it is closed.
+_WAKE: Message = ("", b"")
+
+
 @dataclass(eq=False)
 class Subscriber:
     stream: str
     match: Match
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]]
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Unbounded as an asyncio.Queue, bounded by Fanout (queue_size): the wake-up that close()
+    # puts must always fit, even in the full queue of a client being dropped.
+    queue: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
     reason: str | None = None
 
     def close(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
-            self.closed.set()
+            self.queue.put_nowait(_WAKE)
 
 
 @dataclass
@@ -68,6 +78,7 @@ class FanoutMetrics:
     connected: int = 0
     dropped: int = 0
     delivered: int = 0
+    reader_timeouts: int = 0
 
 
 class Fanout:
@@ -115,6 +126,12 @@ class Fanout:
                 reply: Any = await self.redis.xread(positions, block=self.block_ms, count=500)
             except asyncio.CancelledError:
                 raise
+            except (TimeoutError, RedisTimeoutError):
+                # The reply came later than the socket timeout: a loop busy with thousands of
+                # clients, or a slow Redis. Nothing was read past `last`: ask again at once.
+                self.metrics.reader_timeouts += 1
+                log.warning("sse.reader_timeout")
+                continue
             except Exception:
                 log.exception("sse.reader_failed")
                 await asyncio.sleep(1.0)
@@ -127,16 +144,21 @@ class Fanout:
                     self._fan_out(stream, entry_id, self.decode(fields))
 
     def _fan_out(self, stream: str, entry_id: str, event: dict[str, Any]) -> None:
+        # Encoded once per event, not once per client: a 10,000-client fan-out is then 10,000
+        # queue puts and socket writes, with no JSON or SSE framing in the loop.
+        message: Message | None = None
         for subscriber in list(self._subscribers):
             if subscriber.stream != stream or subscriber.reason or not subscriber.match(event):
                 continue
-            try:
-                subscriber.queue.put_nowait((entry_id, event))
-            except asyncio.QueueFull:
+            if subscriber.queue.qsize() >= self.queue_size:
                 # The client reads slower than events arrive: drop it, not the process.
                 self.metrics.dropped += 1
                 subscriber.close("slow_consumer")
                 log.info("sse.client_dropped", reason="slow_consumer", stream=stream)
+                continue
+            if message is None:
+                message = (entry_id, encode(entry_id, event))
+            subscriber.queue.put_nowait(message)
 
     async def stop(self) -> None:
         self.drain()
@@ -157,12 +179,12 @@ class Fanout:
 
     async def events(
         self, stream: str, match: Match, *, last_event_id: str | None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The SSE messages for one client: history after ``last_event_id``, then live."""
-        subscriber = Subscriber(stream, match, asyncio.Queue(self.queue_size))
+    ) -> AsyncIterator[bytes]:
+        """One client's SSE stream, encoded: history after ``last_event_id``, then live."""
         if self._draining:
-            yield {"event": "reconnect", "data": "shutdown", "retry": 1000}
+            yield _RECONNECT
             return
+        subscriber = Subscriber(stream, match)
         self._subscribers.add(subscriber)
         self.metrics.connected += 1
         try:
@@ -174,42 +196,37 @@ class Fanout:
                     newest = _id(raw_id)
                     if match(event):
                         self.metrics.delivered += 1
-                        yield _message(newest, event)
-            closed = asyncio.create_task(subscriber.closed.wait())
-            try:
-                while True:
-                    if subscriber.reason:
-                        # Shutdown: what is queued still goes out before the reconnect.
-                        while subscriber.reason == "shutdown" and not subscriber.queue.empty():
-                            entry_id, event = subscriber.queue.get_nowait()
-                            if not newest or _after(entry_id, newest):
-                                newest = entry_id
-                                self.metrics.delivered += 1
-                                yield _message(entry_id, event)
-                        break
-                    get = asyncio.create_task(subscriber.queue.get())
-                    done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
-                    if get not in done:
-                        get.cancel()
-                        continue
-                    entry_id, event = get.result()
-                    if newest and not _after(entry_id, newest):
-                        continue  # already sent from the history
-                    newest = entry_id
-                    self.metrics.delivered += 1
-                    yield _message(entry_id, event)
-            finally:
-                closed.cancel()
+                        yield encode(newest, event)
+            while True:
+                entry_id, message = await subscriber.queue.get()
+                if subscriber.reason and (subscriber.reason != "shutdown" or not entry_id):
+                    # Dropped: stop now. Shutdown: what was queued before the wake-up still
+                    # goes out, then the reconnect.
+                    break
+                if not entry_id or (newest and not _after(entry_id, newest)):
+                    continue  # a stale wake-up, or already sent from the history
+                newest = entry_id
+                self.metrics.delivered += 1
+                yield message
             if subscriber.reason == "shutdown":
-                yield {"event": "reconnect", "data": "shutdown", "retry": 1000}
+                yield _RECONNECT
             else:
-                yield {"event": "dropped", "data": subscriber.reason or "closed"}
+                yield (
+                    b"event: dropped\r\ndata: %s\r\n\r\n" % (subscriber.reason or "closed").encode()
+                )
         finally:
             self._subscribers.discard(subscriber)
             self.metrics.connected -= 1
 
 
-def _message(entry_id: str, event: dict[str, Any]) -> dict[str, Any]:
-    import orjson
+def encode(entry_id: str, event: dict[str, Any]) -> bytes:
+    """One SSE message: ``id``, ``event`` (the type) and the event as one line of JSON data."""
+    data = orjson.dumps(event)  # never holds a raw newline: JSON escapes them
+    return b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
+        entry_id.encode(),
+        str(event["type"]).encode(),
+        data,
+    )
 
-    return {"id": entry_id, "event": event["type"], "data": orjson.dumps(event).decode()}
+
+_RECONNECT = b"event: reconnect\r\ndata: shutdown\r\nretry: 1000\r\n\r\n"

@@ -41,6 +41,11 @@ class _SseCollector(Collector):
         yield GaugeMetricFamily("sse_connections", "Open SSE connections", value=m.connected)
         yield CounterMetricFamily("sse_dropped_clients", "Clients dropped as too slow", m.dropped)
         yield CounterMetricFamily("sse_events_delivered", "Events sent to SSE clients", m.delivered)
+        yield CounterMetricFamily(
+            "sse_reader_timeouts",
+            "XREADs of the live-event reader that timed out",
+            m.reader_timeouts,
+        )
 
 
 class PubSubMetrics:
