@@ -24,6 +24,7 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -36,7 +37,7 @@ from {{ cookiecutter.project_slug }}.patterns.consumer import Consumer
 from {{ cookiecutter.project_slug }}.patterns.outbox import Event, Relay
 from {{ cookiecutter.project_slug }}.pubsub.events import stock_changed, stream_name
 
-from .scratch import admin, database_url
+from .scratch import admin, cpu_seconds, database_url
 
 RESULTS = Path(__file__).parent / "results" / "pubsub.json"
 DATABASE = "{{ cookiecutter.project_slug }}_bench_pubsub"
@@ -112,12 +113,6 @@ async def _relay_and_consumer(url: str, redis: Redis, prefix: str) -> dict[str, 
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """A process's user + system CPU time, from /proc (clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _subscribe(port: int, connected: asyncio.Event) -> float:
     """One SSE client on a raw socket: a browser's EventSource costs the server the same, and
     an HTTP client library would cost this process ~10x more per message, which on two shared
@@ -186,12 +181,12 @@ async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict
         async with AsyncSession(engine) as session:
             await outbox.add(session, stock_changed(uuid4(), 1))
             await session.commit()
-        cpu_before = sum(_cpu_seconds(p.pid) for p in processes)
+        cpu_before = sum(cpu_seconds(p.pid) for p in processes)
         start = time.perf_counter()
         await relay.publish_batch()
         async with asyncio.timeout(120):
             received = await asyncio.gather(*tasks)
-        cpu = sum(_cpu_seconds(p.pid) for p in processes) - cpu_before
+        cpu = sum(cpu_seconds(p.pid) for p in processes) - cpu_before
         latencies = [t - start for t in received]
         return {
             "subscribers": subscribers,
@@ -212,10 +207,12 @@ async def _fanout(url: str, redis: Redis, prefix: str, subscribers: int) -> dict
 
 
 def _gauge(metrics: str, name: str) -> float:
-    for line in metrics.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == name
+        for sample in family.samples
+    )
 
 
 async def _run(subscribers: int) -> dict[str, Any]:
