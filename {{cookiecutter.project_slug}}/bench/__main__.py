@@ -1,9 +1,11 @@
 """``make bench``: run every benchmark in turn, on the configured or throwaway servers."""
 
+import subprocess
+import sys
+
 from . import (
     hot_path,
     http_core,
-    locust_run,
     orders_hot_query,
     pubsub,
     rate_limit,
@@ -28,4 +30,7 @@ with services():
     # (seeds 1.2M orders; --orders 200000 --users 2000 for a quicker run).
     hot_path.main([])
     # A Locust crowd (200 users, 30 s) on one API process: req/s, error rate, p95.
-    locust_run.main([])
+    # In a process of its own: importing locust monkey-patches the whole process with gevent,
+    # which after the benchmarks above imported ssl ends in a RecursionError, and would put
+    # their asyncio sockets under gevent if it ran first. The servers come through the env.
+    subprocess.run([sys.executable, "-m", "bench.locust_run"], check=True)

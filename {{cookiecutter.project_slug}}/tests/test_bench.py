@@ -96,3 +96,25 @@ def test_the_locust_crowd_runs_with_nothing_set_and_fails_no_request(tmp_path: P
         figures["requests_by_name"]
     ), figures["requests_by_name"]
     assert figures["api_cpu_ms_per_request"] > 0
+
+
+def test_make_bench_runs_locust_in_a_process_of_its_own() -> None:
+    """Locust monkey-patches its whole process with gevent: imported by ``make bench`` after the
+    other benchmarks had imported ssl, it stopped the run with a RecursionError."""
+    source = (PROJECT_DIR / "bench" / "__main__.py").read_text()
+    imports = source.split("from .services import services")[0]
+    # What `make bench` imports, without running it (the runs need minutes and servers).
+    probe = imports.replace("from . import", "from bench import") + (
+        "\nimport sys\nassert 'locust' not in sys.modules, 'locust imported in-process'\n"
+        "import ssl\nssl.create_default_context()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"-m", "bench.locust_run"' in source
