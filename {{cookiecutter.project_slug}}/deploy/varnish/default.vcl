@@ -216,20 +216,6 @@ sub vcl_backend_response {
         # A pass (credentials, writes): nothing to decide, nothing is kept.
         return (deliver);
     }
-    # A purge came while this fetch was out (started at or before it: the same ms counts). The
-    # origin may have read the row before the write committed; stored, that answer would
-    # outlive the purge and be served after the write's 2xx to everyone, and to the requests
-    # waiting on this fetch. Fetched again, it starts after the purge, so after the commit.
-    # Overtaken again and again (a write storm), it is given to the waiting requests' own
-    # fetches instead of stored (uncacheable with no TTL).
-    if (std.real(bereq.http.X-Edge-Fetch-Start, 0) <= std.real(var.global_get("purged_at"), 0)) {
-        if (bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 3) {
-            return (retry);
-        }
-        set beresp.uncacheable = true;
-        set beresp.ttl = 0s;
-        return (deliver);
-    }
     if (beresp.http.Cache-Control !~ "(?i)(public|s-maxage)"
         || beresp.http.Cache-Control ~ "(?i)(private|no-store|no-cache)"
         || beresp.http.Set-Cookie
@@ -238,6 +224,23 @@ sub vcl_backend_response {
         # minute, so requests for it go to the origin in parallel instead of queueing.
         set beresp.uncacheable = true;
         set beresp.ttl = 60s;
+        return (deliver);
+    }
+    # A purge came while this fetch was out (started at or before it: the same ms counts), and
+    # this object has keys a purge can name. The origin may have read the row before the write
+    # committed; stored, that answer would outlive the purge and be served after the write's 2xx
+    # to everyone, and to the requests waiting on this fetch. Fetched again, it starts after the
+    # purge, so after the commit. What is not stored (above) or has no keys (nothing can purge
+    # it) is left alone: refetching it would only double origin requests. Overtaken again and
+    # again (a write storm), it is given to the waiting requests' own fetches instead of stored
+    # (uncacheable with no TTL).
+    if (beresp.http.xkey
+            && std.real(bereq.http.X-Edge-Fetch-Start, 0) <= std.real(var.global_get("purged_at"), 0)) {
+        if (bereq.method ~ "^(GET|HEAD)$" && bereq.retries < 3) {
+            return (retry);
+        }
+        set beresp.uncacheable = true;
+        set beresp.ttl = 0s;
         return (deliver);
     }
     # After TTL + grace, keep the object a while longer to revalidate it with the origin

@@ -58,14 +58,22 @@ def origin_app(origin: Origin) -> FastAPI:
         add_surrogate_keys(request, f"item-{item_id}", "catalog")
         return {"id": item_id, "name": origin.names.get(item_id, "unnamed")}
 
-    @app.get("/slow/{item_id}", dependencies=[cache_policy(CATALOG)])
-    async def slow(item_id: str, request: Request) -> dict[str, str]:
+    async def slow_read(item_id: str) -> dict[str, str]:
         origin.hits[f"slow-{item_id}"] += 1
-        add_surrogate_keys(request, f"item-{item_id}")
         name = origin.names.get(item_id, "unnamed")
         origin.reading[item_id].set()
         await origin.gates[item_id].wait()
         return {"id": item_id, "name": name}
+
+    @app.get("/slow/{item_id}", dependencies=[cache_policy(CATALOG)])
+    async def slow(item_id: str, request: Request, keys: bool = True) -> dict[str, str]:
+        if keys:
+            add_surrogate_keys(request, f"item-{item_id}")
+        return await slow_read(item_id)
+
+    @app.get("/slow-private/{item_id}", dependencies=[cache_policy(PRIVATE_NO_STORE)])
+    async def slow_private(item_id: str) -> dict[str, str]:
+        return await slow_read(item_id)
 
     @app.get("/short/{item_id}", dependencies=[cache_policy(SHORT)])
     async def short(item_id: str) -> dict[str, str]:
@@ -188,6 +196,27 @@ async def test_a_fetch_a_purge_overtook_is_fetched_again_not_stored(
     assert after.json()["name"] == "new name"
     assert after.headers["x-cache"] == "HIT"  # the second fetch was stored
     assert origin.hits[f"slow-{item}"] == 2
+
+
+@pytest.mark.parametrize("path", ["/slow/{item}?keys=false", "/slow-private/{item}"])
+async def test_an_overtaken_fetch_nothing_could_purge_reaches_the_origin_once(
+    origin: Origin, client: httpx.AsyncClient, edge: Edge, path: str
+) -> None:
+    """An answer without keys, or one that is never stored, cannot be made stale by a purge:
+    fetching it again would only double what the origin serves."""
+    item = fresh_id()
+    origin.gates[item], origin.reading[item] = asyncio.Event(), asyncio.Event()
+    in_flight = asyncio.create_task(client.get(path.format(item=item)))
+    await asyncio.wait_for(origin.reading[item].wait(), 10)
+    purger = VarnishPurger([edge.url])
+    try:
+        await purger.purge(["item-unrelated"])
+    finally:
+        await purger.aclose()
+    origin.gates[item].set()
+
+    assert (await in_flight).status_code == 200
+    assert origin.hits[f"slow-{item}"] == 1
 
 
 async def test_a_purge_answers_how_many_objects_went(edge: Edge, client: httpx.AsyncClient) -> None:
